@@ -1,0 +1,51 @@
+"""`nexus-ai`: serve the API or prepare its database."""
+
+import argparse
+import asyncio
+import sys
+
+import uvicorn
+
+from api.config import get_settings
+from api.database.factory import create_store
+
+
+def serve(host: str | None, port: int | None, workers: int | None) -> None:
+    settings = get_settings()
+    uvicorn.run(
+        "api.main:app",
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        workers=workers or settings.workers,
+        # Our logging configuration (JSON lines) handles uvicorn's loggers too.
+        log_config=None,
+        timeout_graceful_shutdown=30,
+    )
+
+
+async def _init_db() -> str:
+    settings = get_settings()
+    store = create_store(settings)
+    await store.open()
+    await store.close()
+    return store.backend_name
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="nexus-ai", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the API server")
+    serve_parser.add_argument("--host", help="default: API_HOST")
+    serve_parser.add_argument("--port", type=int, help="default: API_PORT")
+    serve_parser.add_argument("--workers", type=int, help="default: WORKERS")
+    commands.add_parser("init-db", help="create or migrate the database, then exit")
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        serve(args.host, args.port, args.workers)
+    else:
+        backend = asyncio.run(_init_db())
+        print(f"Database ready ({backend})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Service settings: one class, read once from the environment and `.env`."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    # Unknown keys in `.env` (other tools' settings, AWS_* variables) must not stop start-up.
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    debug: bool = False
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_dir: Path = Path("./logs")
+    log_stdout: bool = False
+    # Successful probe requests would drown the access log at one line every few seconds per
+    # orchestrator; failing probes are always logged.
+    log_health_requests: bool = False
+
+    api_host: str = "0.0.0.0"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1)
+
+    data_dir: Path = Path("./data")
+    storage_backend: Literal["sqlite", "dynamodb"] = "sqlite"
+    slow_query_threshold_seconds: float = Field(default=1.0, ge=0)
+
+    model_provider: Literal["offline", "openai", "bedrock"] = "offline"
+    offline_stage_delay_seconds: float = Field(default=0.2, ge=0)
+    max_concurrent_builds: int = Field(default=4, ge=1)
+    # A build whose owner stops renewing its lease for this long is taken over (crash recovery).
+    build_lease_seconds: float = Field(default=10.0, gt=0)
+    api_calls_flush_seconds: float = Field(default=5.0, gt=0)
+
+    openai_api_key: SecretStr | None = None
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("environment", "storage_backend", "model_provider", mode="before")
+    @classmethod
+    def _lower_choice(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "nexus-ai.db"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

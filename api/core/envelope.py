@@ -1,0 +1,72 @@
+"""The response envelopes of the contract, and the error codes with their statuses."""
+
+import traceback
+from datetime import datetime, timezone
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from api.core.context import request_id_var
+
+# code -> (HTTP status, one-line suggestion)
+ERROR_CODES: dict[str, tuple[int, str]] = {
+    "VALIDATION_ERROR": (400, "Fix the fields listed in details and send the request again."),
+    "RESOURCE_NOT_FOUND": (404, "Check the identifier or path; list the collection to find valid ids."),
+    "METHOD_NOT_ALLOWED": (405, "Use one of the methods listed in the Allow header."),
+    "RESOURCE_CONFLICT": (409, "The resource changed or already exists; read it again before retrying."),
+    "INVALID_STATE": (409, "Read the resource's current status; this action is not allowed in it."),
+    "PAYLOAD_TOO_LARGE": (413, "Send a request body of at most 1 MiB."),
+    "RATE_LIMIT_EXCEEDED": (429, "Slow down and retry after the time given in Retry-After."),
+    "AGENT_INVOCATION_FAILED": (502, "The model provider failed; retry, and check the provider's status."),
+    "DATABASE_ERROR": (503, "The database is unavailable; retry shortly and check /health/detailed."),
+    "SERVICE_UNAVAILABLE": (503, "The service is not accepting this request now; retry shortly."),
+    "INTERNAL_ERROR": (500, "Retry; if it persists, report the trace_id to the operators."),
+}
+
+
+def utc_now() -> str:
+    """ISO 8601, UTC, microseconds, `Z` suffix."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def success_body(data: Any) -> dict[str, Any]:
+    return {"success": True, "data": data, "timestamp": utc_now(), "request_id": request_id_var.get()}
+
+
+def ok(data: Any, status_code: int = 200) -> JSONResponse:
+    return JSONResponse(success_body(data), status_code=status_code)
+
+
+def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
+    request_id = request_id_var.get()
+    return {
+        "success": False,
+        "error": {
+            "code": code,
+            "message": message,
+            "details": details,
+            "suggestion": ERROR_CODES[code][1],
+            "trace_id": request_id,
+        },
+        "timestamp": utc_now(),
+        "request_id": request_id,
+    }
+
+
+def error_response(
+    code: str, message: str, *, details: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=ERROR_CODES[code][0],
+                        headers=headers)
+
+
+def internal_error_body(exc: BaseException, *, debug: bool) -> dict[str, Any]:
+    """The 500 envelope; exception details only in debug mode."""
+    details = None
+    if debug:
+        details = {
+            "exception": type(exc).__name__,
+            "message": str(exc),
+            "traceback": traceback.format_exception(exc),
+        }
+    return error_body("INTERNAL_ERROR", "An unexpected error occurred.", details)

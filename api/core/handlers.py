@@ -1,0 +1,70 @@
+"""Every error the app can answer, in the contract's error envelope."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from api.core.envelope import error_response
+from api.core.errors import ApiError
+from api.database.store import InvalidCursor, StoreError
+
+logger = logging.getLogger("api.errors")
+
+HTTP_STATUS_CODES = {404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: "PAYLOAD_TOO_LARGE",
+                     429: "RATE_LIMIT_EXCEEDED", 503: "SERVICE_UNAVAILABLE", 400: "VALIDATION_ERROR"}
+
+
+def _field_name(location: tuple[Any, ...]) -> str:
+    # ("body", "tags", 3) -> "tags[3]"; ("query", "limit") -> "limit"
+    parts = [str(part) for part in location[1:]] or [str(part) for part in location]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)
+    return name
+
+
+async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return error_response(exc.code, exc.message, details=exc.details)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    details = [
+        {"field": _field_name(tuple(error["loc"])), "location": str(error["loc"][0]),
+         "message": error["msg"], "type": error["type"]}
+        for error in exc.errors()
+    ]
+    fields = ", ".join(dict.fromkeys(detail["field"] for detail in details))
+    return error_response("VALIDATION_ERROR", f"Invalid request: {fields}", details=details)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = HTTP_STATUS_CODES.get(exc.status_code, "INTERNAL_ERROR")
+    if exc.status_code == 404:
+        message = f"No route matches {request.method} {request.url.path}"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} is not allowed on {request.url.path}"
+    else:
+        message = str(exc.detail)
+    return error_response(code, message, headers=getattr(exc, "headers", None))
+
+
+async def _invalid_cursor(request: Request, exc: InvalidCursor) -> JSONResponse:
+    return error_response("VALIDATION_ERROR", str(exc),
+                          details=[{"field": "last_key", "location": "query", "message": str(exc)}])
+
+
+async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+    logger.error("Database error", extra={"error": str(exc)})
+    return error_response("DATABASE_ERROR", "The database could not complete the request.")
+
+
+def register_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(InvalidCursor, _invalid_cursor)  # type: ignore[arg-type]
+    app.add_exception_handler(StoreError, _store_error)  # type: ignore[arg-type]

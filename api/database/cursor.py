@@ -1,0 +1,26 @@
+"""Opaque pagination cursors: the keyset position of the last item, base64url-encoded JSON."""
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from api.database.store import InvalidCursor
+
+
+def encode(position: list[Any]) -> str:
+    raw = json.dumps(position, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode(cursor: str, *, size: int) -> list[Any]:
+    """The position inside `cursor`, which must hold `size` scalar values."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        position = json.loads(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidCursor("last_key is not a cursor returned by this API") from exc
+    if (not isinstance(position, list) or len(position) != size
+            or not all(isinstance(value, (str, int, float)) for value in position)):
+        raise InvalidCursor("last_key is not a cursor returned by this API")
+    return position

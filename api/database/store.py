@@ -1,0 +1,276 @@
+"""The storage interface every backend implements, and the records it speaks in.
+
+Records are plain dicts with the keys listed below, so that every backend maps them the same
+way and the services never see SQL or boto3 types. Timestamps are ISO-8601 UTC strings with
+microseconds and a `Z`, which sort in time order as text.
+
+Aggregates (the counters behind the statistics) are updated by the store inside the same
+transaction as the event they count, so the statistics are exact and never need a scan:
+- builds and invocations are historical events: deleting a project does not un-count them;
+- agent counts (`agents_running`, `agents_offline`) describe the agents that exist now.
+"""
+
+import abc
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from api.observability import db_observer
+
+T = TypeVar("T")
+
+Record = dict[str, Any]
+
+# Build statuses that still hold a place in the engine (the build is not finished).
+ACTIVE_BUILD_STATUSES = ("queued", "running", "paused")
+FINAL_BUILD_STATUSES = ("succeeded", "failed", "cancelled")
+
+# Project status follows its latest build.
+PROJECT_STATUS_FOR_BUILD = {
+    "queued": "pending",
+    "running": "building",
+    "paused": "paused",
+    "succeeded": "completed",
+    "failed": "failed",
+    "cancelled": "stopped",
+}
+
+COUNTER_NAMES = (
+    "builds_total",
+    "builds_succeeded",
+    "builds_failed",
+    "builds_cancelled",
+    "builds_active",
+    "build_seconds_succeeded",
+    "agents_running",
+    "agents_offline",
+    "invocations_total",
+    "invocations_succeeded",
+    "invocations_failed",
+    "invocation_ms_total",
+)
+
+DAILY_FIELDS = (
+    "builds_total",
+    "builds_succeeded",
+    "builds_failed",
+    "build_seconds_succeeded",
+    "invocations_total",
+    "invocations_succeeded",
+    "invocations_failed",
+    "invocation_ms_total",
+    "api_calls",
+)
+
+logger = logging.getLogger("api.database")
+
+
+class StoreError(Exception):
+    """The store could not be reached or failed; answered as 503 DATABASE_ERROR."""
+
+
+class InvalidCursor(ValueError):
+    """A `last_key` that this store did not issue."""
+
+
+@dataclass
+class Page:
+    items: list[Record]
+    last_key: str | None = None
+
+
+@dataclass
+class Daily:
+    """One UTC day of the statistics aggregates."""
+
+    date: str
+    counts: dict[str, float] = field(default_factory=dict)
+    failed_stages: dict[str, int] = field(default_factory=dict)
+
+
+class Store(abc.ABC):
+    """Persistence for every resource. All methods take keyword arguments only.
+
+    Conditional updates return False instead of raising when their condition does not hold,
+    so the caller learns that another actor (a control action, another instance) got there first.
+    """
+
+    backend_name: str
+
+    def __init__(self, *, slow_query_threshold_seconds: float) -> None:
+        self.slow_query_threshold_seconds = slow_query_threshold_seconds
+
+    async def timed(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one store call, timing it for the slow-query log and the db metrics."""
+        start = time.perf_counter()
+        ok = False
+        try:
+            result = await call()
+            ok = True
+            return result
+        finally:
+            duration = time.perf_counter() - start
+            slow = duration >= self.slow_query_threshold_seconds
+            db_observer.observe(operation=operation, seconds=duration, ok=ok, slow=slow)
+            if slow:
+                logger.warning(
+                    f"Slow query detected: {duration:.2f}s",
+                    extra={"duration_seconds": round(duration, 6), "operation": operation,
+                           "backend": self.backend_name},
+                )
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreError when the store cannot answer a trivial read."""
+
+    # -- projects and builds ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_project(self, *, project: Record, build: Record) -> None:
+        """Insert a project with its first (queued) build and count the build."""
+
+    @abc.abstractmethod
+    async def get_project(self, *, project_id: str) -> Record | None: ...
+
+    @abc.abstractmethod
+    async def list_projects(
+        self, *, limit: int, last_key: str | None, status: str | None = None,
+        user_id: str | None = None,
+    ) -> Page:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def delete_project(self, *, project_id: str) -> bool:
+        """Delete the project and everything under it. Builds still active count as cancelled."""
+
+    @abc.abstractmethod
+    async def add_build(self, *, build: Record) -> bool:
+        """Queue a new build of an existing project whose latest build is finished.
+
+        False when the project is gone or its latest build is still active."""
+
+    @abc.abstractmethod
+    async def get_build(self, *, build_id: str) -> Record | None: ...
+
+    @abc.abstractmethod
+    async def list_builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def list_claimable_builds(self, *, now: str, limit: int) -> list[Record]:
+        """Builds an engine may take: queued and unowned, or owned under an expired lease;
+        oldest first."""
+
+    @abc.abstractmethod
+    async def claim_build(self, *, build_id: str, owner: str, lease_until: str, now: str) -> bool:
+        """Take a claimable build. Queued builds become running; paused ones stay paused."""
+
+    @abc.abstractmethod
+    async def renew_leases(self, *, owner: str, lease_until: str) -> list[Record]:
+        """Extend the lease of every active build this owner holds; returns those builds
+        (the owner learns about control actions sent to other instances from them)."""
+
+    @abc.abstractmethod
+    async def update_build(
+        self, *, build_id: str, changes: Record, expect_status: tuple[str, ...],
+        expect_owner: str | None = None,
+    ) -> bool:
+        """Apply `changes` to the build (and mirror status, progress and stage on its
+        project) if its status is one of `expect_status` (and, given, its owner matches).
+
+        A change to a final status updates the build aggregates in the same transaction."""
+
+    @abc.abstractmethod
+    async def append_build_logs(self, *, build_id: str, entries: list[Record]) -> None:
+        """Entries: stage, timestamp, level, message."""
+
+    @abc.abstractmethod
+    async def list_build_logs(self, *, build_id: str, stage: str) -> list[Record]: ...
+
+    @abc.abstractmethod
+    async def put_artifacts(self, *, artifacts: list[Record]) -> None:
+        """Upsert by (project_id, path). Keys: project_id, build_id, path, stage, content,
+        size, created_at."""
+
+    @abc.abstractmethod
+    async def list_artifacts(self, *, project_id: str) -> list[Record]:
+        """Without content, ordered by path."""
+
+    @abc.abstractmethod
+    async def get_artifact(self, *, project_id: str, path: str) -> Record | None: ...
+
+    # -- agents ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def put_agent(self, *, agent: Record) -> None:
+        """Register or re-register (a rebuilt project) an agent, keeping its runtime stats."""
+
+    @abc.abstractmethod
+    async def get_agent(self, *, agent_id: str) -> Record | None: ...
+
+    @abc.abstractmethod
+    async def list_agents(
+        self, *, limit: int, last_key: str | None, project_id: str | None = None,
+        status: str | None = None, category: str | None = None,
+        capabilities: list[str] | None = None,
+    ) -> Page:
+        """Newest first; `capabilities` matches agents having any of them."""
+
+    @abc.abstractmethod
+    async def update_agent(self, *, agent_id: str, changes: Record) -> Record | None:
+        """Returns the updated agent, None when it does not exist."""
+
+    @abc.abstractmethod
+    async def delete_agent(self, *, agent_id: str) -> bool: ...
+
+    @abc.abstractmethod
+    async def record_invocation(self, *, invocation: Record, messages: list[Record]) -> None:
+        """Store an invocation (and, for a session turn, its messages), counting it in the
+        agent's runtime stats, the daily and overall aggregates, and the session."""
+
+    @abc.abstractmethod
+    async def list_invocations(self, *, agent_id: str, limit: int, last_key: str | None) -> Page: ...
+
+    # -- sessions --------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def create_session(self, *, session: Record) -> bool:
+        """False when the agent does not exist."""
+
+    @abc.abstractmethod
+    async def get_session(self, *, session_id: str) -> Record | None: ...
+
+    @abc.abstractmethod
+    async def list_sessions(self, *, agent_id: str, limit: int, last_key: str | None) -> Page:
+        """Most recently active first."""
+
+    @abc.abstractmethod
+    async def list_messages(self, *, session_id: str, limit: int, last_key: str | None) -> Page:
+        """Oldest first."""
+
+    @abc.abstractmethod
+    async def recent_messages(self, *, session_id: str, limit: int) -> list[Record]:
+        """The last `limit` messages, oldest first (the history an invocation sees)."""
+
+    @abc.abstractmethod
+    async def delete_session(self, *, session_id: str) -> bool: ...
+
+    # -- statistics ------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_counters(self) -> dict[str, float]:
+        """Every name in COUNTER_NAMES."""
+
+    @abc.abstractmethod
+    async def get_daily(self, *, start: str, end: str) -> list[Daily]:
+        """Days from start to end inclusive (ISO dates) that have any aggregate."""
+
+    @abc.abstractmethod
+    async def add_api_calls(self, *, counts: dict[str, int]) -> None:
+        """Add HTTP request counts per ISO date."""

@@ -1,0 +1,328 @@
+"""Runs builds as tasks in the API process.
+
+The store is the single source of truth for every build, so that control actions, crashes and
+several API instances all go through one mechanism:
+- an engine *claims* a build (queued, resumed, or left behind under an expired lease) and holds
+  a lease it renews; at most `MAX_CONCURRENT_BUILDS` claims per engine, oldest first;
+- every progress write is conditional on the build still being ours and `running`/`paused`,
+  so a `stop` or a delete is noticed at the next write even when sent to another instance;
+- `pause` is honoured at the next stage or sub-stage boundary by releasing the claim; `resume`
+  makes the build claimable again and it continues from the first unfinished step, which is
+  also how a build left by a dead process is resumed.
+"""
+
+import asyncio
+import logging
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from api.core.context import bind
+from api.core.envelope import utc_now
+from api.database.store import ACTIVE_BUILD_STATUSES, Record, Store, StoreError
+from api.engine.stages import progress
+from api.observability import metrics
+from api.providers.base import ModelProvider, ProviderError, StageOutput
+
+logger = logging.getLogger("api.engine.build_engine")
+
+# A build whose process died this many times is failed with `interrupted` instead of
+# being taken over again: it is probably what kills the process.
+MAX_RECOVERIES = 3
+# How often the engine looks for claimable builds when nobody wakes it.
+SCHEDULE_POLL_SECONDS = 1.0
+WORKING_STATUSES = ("running", "paused")
+
+
+class StageFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class BuildAbandoned(Exception):
+    """The build is no longer ours to run: stopped, deleted, paused at a boundary, or taken over."""
+
+
+def _after(seconds: float) -> str:
+    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _seconds_between(start: str, end: str) -> float:
+    parse = lambda text: datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def compile_check(artifacts: dict[str, str]) -> None:
+    """Generated Python must compile before a stage may complete."""
+    for path, content in artifacts.items():
+        if path.endswith(".py"):
+            try:
+                compile(content, path, "exec")
+            except SyntaxError as exc:
+                raise StageFailed("CODE_COMPILATION_FAILED",
+                                  f"{path} line {exc.lineno}: {exc.msg}") from exc
+
+
+class BuildRun:
+    """One claimed build being executed by this engine."""
+
+    def __init__(self, engine: "BuildEngine", build: Record, project: Record) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.build = build
+        self.project = project
+        self.build_id = build["build_id"]
+        self.stages: list[dict[str, Any]] = build["stages"]
+        self.context: dict[str, Any] = build["context"]
+
+    async def _save(self, **changes: Any) -> None:
+        current = next((s["name"] for s in self.stages if s["status"] == "running"), None)
+        saved = await self.store.update_build(
+            build_id=self.build_id,
+            changes={"stages": self.stages, "context": self.context, "progress": progress(self.stages),
+                     "current_stage": current, "updated_at": utc_now(), **changes},
+            expect_status=WORKING_STATUSES, expect_owner=self.engine.instance_id)
+        if not saved:
+            raise BuildAbandoned("build was stopped, deleted or taken over")
+
+    async def _checkpoint(self) -> None:
+        """A stage or sub-stage boundary: where pause, stop and delete take effect."""
+        build = await self.store.get_build(build_id=self.build_id)
+        if build is None or build["status"] not in WORKING_STATUSES or build["owner"] != self.engine.instance_id:
+            raise BuildAbandoned("build was stopped, deleted or taken over")
+        if build["status"] == "paused":
+            released = await self.store.update_build(
+                build_id=self.build_id, changes={"owner": None, "lease_until": None, "updated_at": utc_now()},
+                expect_status=("paused",), expect_owner=self.engine.instance_id)
+            if released:
+                logger.info("Build paused at a stage boundary",
+                            extra={"progress": progress(self.stages)})
+                raise BuildAbandoned("paused")
+            await self._checkpoint()  # resumed or stopped meanwhile: look again
+
+    async def _log(self, stage: str, message: str, level: int = logging.INFO) -> None:
+        logger.log(level, message, extra={"stage": stage})
+        await self.store.append_build_logs(build_id=self.build_id, entries=[
+            {"stage": stage, "timestamp": utc_now(), "level": logging.getLevelName(level),
+             "message": message}])
+
+    async def _work(self, stage: str, step: dict[str, Any]) -> None:
+        """Run one stage or sub-stage (`step`) through the provider and keep its output."""
+        await self._checkpoint()
+        step["status"] = "running"
+        step["started_at"] = step["started_at"] or utc_now()
+        await self._save()
+        await self._log(stage, f"{step['name']} started")
+        started = time.perf_counter()
+        try:
+            output: StageOutput = await self.engine.provider.run_stage(
+                stage=step["name"], requirement=self.project["requirement"], context=self.context)
+        except ProviderError as exc:
+            raise StageFailed("PROVIDER_ERROR", str(exc)) from exc
+        compile_check(output.artifacts)
+        created_at = utc_now()
+        if output.artifacts:
+            await self.store.put_artifacts(artifacts=[
+                {"project_id": self.project["project_id"], "build_id": self.build_id, "path": path,
+                 "stage": stage, "content": content, "size": len(content.encode()),
+                 "created_at": created_at}
+                for path, content in output.artifacts.items()])
+        for line in output.logs:
+            await self._log(stage, line)
+        self.context.update(output.context)
+        seconds = time.perf_counter() - started
+        metrics.record_stage(stage=step["name"], seconds=seconds)
+        step["status"] = "completed"
+        step["completed_at"] = utc_now()
+        step["duration_seconds"] = round(seconds, 6)
+        await self._log(stage, f"{step['name']} completed in {seconds:.3f}s")
+
+    async def _register_agent(self) -> None:
+        design = self.context["design"]
+        now = utc_now()
+        agent_id = f"{self.project['project_id']}:{design['agent_name']}"
+        await self.store.put_agent(agent={
+            "agent_id": agent_id, "project_id": self.project["project_id"],
+            "agent_name": design["agent_name"], "description": design["description"],
+            "category": design["category"], "capabilities": design["capabilities"],
+            "tools": design["tools"], "system_prompt": self.context["system_prompt"],
+            "status": "running", "error_message": None, "build_id": self.build_id,
+            "created_at": now, "updated_at": now})
+        await self._log("agent_deployer", f"Registered agent {agent_id}")
+
+    async def execute(self) -> None:
+        for stage in self.stages:
+            if stage["status"] == "completed":
+                continue
+            if stage["sub_stages"]:
+                await self._checkpoint()
+                stage["status"] = "running"
+                stage["started_at"] = stage["started_at"] or utc_now()
+                for sub in stage["sub_stages"]:
+                    if sub["status"] != "completed":
+                        await self._work(stage["name"], sub)
+                        await self._save()
+                stage["status"] = "completed"
+                stage["completed_at"] = utc_now()
+                stage["duration_seconds"] = round(_seconds_between(stage["started_at"], stage["completed_at"]), 6)
+            else:
+                await self._work(stage["name"], stage)
+            if stage["name"] == "agent_deployer":
+                await self._register_agent()
+            await self._save()
+        await self._finish("succeeded")
+
+    async def _finish(self, status: str, error: dict[str, str] | None = None) -> None:
+        finished_at = utc_now()
+        duration = _seconds_between(self.build["started_at"], finished_at)
+        await self._save(status=status, finished_at=finished_at, duration_seconds=duration,
+                         error=error, owner=None, lease_until=None)
+        metrics.record_build_finished(status=status, duration_seconds=duration)
+        logger.info(f"Build {status}", extra={"duration_seconds": round(duration, 6),
+                                              "progress": progress(self.stages)})
+
+    async def fail(self, code: str, message: str) -> None:
+        running = next((s for s in self.stages if s["status"] == "running"), None)
+        stage_name = running["name"] if running else None
+        if running is not None:
+            running["status"] = "failed"
+            running["error"] = {"code": code, "message": message}
+            for sub in running["sub_stages"]:
+                if sub["status"] == "running":
+                    sub["status"] = "failed"
+            await self._log(running["name"], f"{running['name']} failed: {message}", logging.ERROR)
+        await self._finish("failed", {"stage": stage_name, "code": code, "message": message})
+
+
+class BuildEngine:
+    def __init__(self, *, store: Store, provider: ModelProvider, max_concurrent_builds: int,
+                 lease_seconds: float) -> None:
+        self.store = store
+        self.provider = provider
+        self.max_concurrent_builds = max_concurrent_builds
+        self.lease_seconds = lease_seconds
+        # A fresh id per start: a restarted process must not mistake a dead predecessor's
+        # claims for its own.
+        self.instance_id = f"engine_{uuid.uuid4().hex[:12]}"
+        self.accepting = False
+        self._runs: dict[str, asyncio.Task[None]] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.accepting = True
+        self._loops = [asyncio.create_task(self._schedule(), name="build-scheduler"),
+                       asyncio.create_task(self._renew(), name="build-leases")]
+
+    def wake(self) -> None:
+        """Look for claimable builds now (a build was queued or resumed)."""
+        self._wake.set()
+
+    def abandon(self, build_id: str) -> None:
+        """Cancel the local run of a build that was stopped or deleted."""
+        task = self._runs.get(build_id)
+        if task is not None:
+            task.cancel()
+
+    async def shutdown(self) -> None:
+        """Stop taking builds and hand running ones back to the store, unowned, so that the
+        next start (or another instance) resumes them at once."""
+        self.accepting = False
+        for loop in self._loops:
+            loop.cancel()
+        runs = list(self._runs.items())
+        for _, task in runs:
+            task.cancel()
+        await asyncio.gather(*self._loops, *(task for _, task in runs), return_exceptions=True)
+        for build_id, _ in runs:
+            try:
+                await self.store.update_build(
+                    build_id=build_id, changes={"owner": None, "lease_until": None},
+                    expect_status=ACTIVE_BUILD_STATUSES, expect_owner=self.instance_id)
+            except StoreError:
+                logger.exception("Could not hand back build on shutdown", extra={"build_id": build_id})
+
+    async def _schedule(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._claim_free_slots()
+            except StoreError:
+                logger.exception("Build scheduler could not reach the store")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=SCHEDULE_POLL_SECONDS)
+            except TimeoutError:
+                pass
+
+    async def _claim_free_slots(self) -> None:
+        free = self.max_concurrent_builds - len(self._runs)
+        if free <= 0:
+            return
+        for build in await self.store.list_claimable_builds(now=utc_now(), limit=free):
+            claimed = await self.store.claim_build(
+                build_id=build["build_id"], owner=self.instance_id,
+                lease_until=_after(self.lease_seconds), now=utc_now())
+            if claimed:
+                self._runs[build["build_id"]] = asyncio.create_task(
+                    self._run(build["build_id"]), name=f"build-{build['build_id']}")
+
+    async def _renew(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                owned = await self.store.renew_leases(owner=self.instance_id,
+                                                      lease_until=_after(self.lease_seconds))
+            except StoreError:
+                logger.exception("Could not renew build leases")
+                continue
+            still_ours = {b["build_id"] for b in owned if b["status"] in WORKING_STATUSES}
+            for build_id in list(self._runs):
+                if build_id not in still_ours:
+                    self.abandon(build_id)
+
+    async def _run(self, build_id: str) -> None:
+        try:
+            build = await self.store.get_build(build_id=build_id)
+            project = build and await self.store.get_project(project_id=build["project_id"])
+            if build is None or project is None:
+                return
+            bind(request_id=build["request_id"], build_id=build_id,
+                 project_id=project["project_id"], user_id=project["user_id"])
+            run = BuildRun(self, build, project)
+            metrics.build_started()
+            try:
+                await self._execute(run)
+            finally:
+                metrics.build_stopped()
+        except asyncio.CancelledError:
+            logger.info("Build run cancelled", extra={"build_id": build_id})
+        except StoreError:
+            logger.exception("Build lost its store; another start will resume it")
+        finally:
+            self._runs.pop(build_id, None)
+            self.wake()
+
+    async def _execute(self, run: BuildRun) -> None:
+        recoveries = run.build["recoveries"]
+        try:
+            if recoveries > MAX_RECOVERIES:
+                await run.fail("interrupted",
+                               f"the build's process died {recoveries} times; not resuming it again")
+                return
+            resumed = any(stage["status"] != "pending" for stage in run.stages)
+            logger.info("Build resumed" if resumed else "Build started",
+                        extra={"recoveries": recoveries, "progress": progress(run.stages)})
+            try:
+                await run.execute()
+            except StageFailed as exc:
+                await run.fail(exc.code, exc.message)
+            except (BuildAbandoned, StoreError):
+                raise
+            except Exception as exc:
+                logger.exception("Build crashed")
+                await run.fail("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
+        except BuildAbandoned as exc:
+            logger.info("Build run ended", extra={"reason": str(exc)})

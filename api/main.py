@@ -1,0 +1,116 @@
+"""The ASGI application: `uvicorn api.main:app`, or `python api/main.py` to serve it."""
+
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # `python api/main.py` (the operator's guide runs it that way, also under cProfile and
+    # memory_profiler): make the package importable from the repository root.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from api import __version__
+from api.config import Settings, get_settings
+from api.core.deps import count_api_call
+from api.core.handlers import register_error_handlers
+from api.database.factory import create_store
+from api.engine.build_engine import BuildEngine
+from api.middleware.body_limit import BodySizeLimitMiddleware
+from api.observability import setup as observability
+from api.providers.base import ModelProvider
+from api.providers.factory import create_provider
+from api.routers import agents, projects, sessions, statistics
+from api.services.agent_service import AgentService
+from api.services.api_call_counter import ApiCallCounter
+from api.services.project_service import ProjectService
+from api.services.statistics_service import StatisticsService
+
+logger = logging.getLogger("api.main")
+
+
+def _drain_on_sigterm(app: FastAPI) -> None:
+    """Stop taking builds and fail readiness the moment SIGTERM arrives, then let the
+    server's own handler (installed before the lifespan starts) shut down gracefully."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handle(signum: int, frame: object) -> None:
+        app.state.draining = True
+        app.state.engine.accepting = False
+        logger.info("SIGTERM received: draining")
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handle)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    try:
+        provider = app.state.provider or create_provider(settings)
+        store = create_store(settings)
+        await store.open()
+    except Exception as exc:
+        logger.critical(f"Start-up failed: {exc}")
+        raise
+    engine = BuildEngine(store=store, provider=provider,
+                         max_concurrent_builds=settings.max_concurrent_builds,
+                         lease_seconds=settings.build_lease_seconds)
+    api_calls = ApiCallCounter(store=store, flush_seconds=settings.api_calls_flush_seconds)
+    app.state.store = store
+    app.state.engine = engine
+    app.state.api_calls = api_calls
+    app.state.project_service = ProjectService(store=store, engine=engine)
+    app.state.agent_service = AgentService(store=store, provider=provider)
+    app.state.statistics_service = StatisticsService(store=store, api_calls=api_calls)
+    await observability.start(app)
+    await engine.start()
+    api_calls.start()
+    _drain_on_sigterm(app)
+    if settings.debug and settings.environment == "production":
+        logger.warning("DEBUG=true in production: error responses include exception details")
+    logger.info("Nexus-AI Platform API started", extra={
+        "version": __version__, "environment": settings.environment,
+        "storage_backend": store.backend_name, "model_provider": provider.name})
+    try:
+        yield
+    finally:
+        app.state.draining = True
+        await engine.shutdown()
+        await api_calls.stop()
+        await store.close()
+        logger.info("Nexus-AI Platform API stopped")
+        await observability.stop(app)
+
+
+def create_app(settings: Settings | None = None, *, provider: ModelProvider | None = None) -> FastAPI:
+    """The application. `provider` replaces the configured model provider (tests use it to
+    stand in for a hosted model)."""
+    settings = settings or get_settings()
+    observability.configure_logging(settings)
+    app = FastAPI(title="Nexus-AI Platform API", version=__version__, lifespan=lifespan,
+                  debug=False)
+    app.state.settings = settings
+    app.state.provider = provider
+    app.state.draining = False
+    register_error_handlers(app)
+    v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(count_api_call)])
+    for module in (projects, agents, sessions, statistics):
+        v1.include_router(module.router)
+    app.include_router(v1)
+    app.add_middleware(BodySizeLimitMiddleware)
+    observability.instrument(app, settings)
+    return app
+
+
+app = create_app()
+
+if __name__ == "__main__":
+    from api.cli import main
+
+    main(["serve"])

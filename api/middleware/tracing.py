@@ -1,0 +1,109 @@
+"""Request tracing: request id, response time, the access line, HTTP metrics, the last-resort 500.
+
+Plain ASGI, outermost of the app's middleware, so that every response, including 404, 405,
+413 and unhandled exceptions, carries X-Request-ID and X-Response-Time, and the request id is
+in context for every line logged while the request is served.
+"""
+
+import logging
+import re
+import time
+import uuid
+
+from fastapi.responses import JSONResponse
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.config import Settings
+from api.core.context import request_id_var
+from api.core.envelope import internal_error_body
+from api.observability import metrics
+
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+access_logger = logging.getLogger("api.access")
+logger = logging.getLogger(__name__)
+
+
+def request_id_from(scope: Scope) -> str:
+    """The client's X-Request-ID when it is safe to log and echo, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _SANE_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return str(uuid.uuid4())
+
+
+def route_template(scope: Scope) -> str:
+    """The matched route's template, e.g. /api/v1/projects/{project_id}.
+
+    FastAPI keeps an included router's routes under their own prefix only; the full template
+    of the match is on its effective route context.
+    """
+    effective = scope.get("fastapi", {}).get("effective_route_context")
+    template = getattr(effective, "path_format", None) or getattr(scope.get("route"), "path_format", None)
+    return template or metrics.UNMATCHED_ROUTE
+
+
+class TracingMiddleware:
+    def __init__(self, app: ASGIApp, *, settings: Settings) -> None:
+        self.app = app
+        self.debug = settings.debug
+        self.log_health_requests = settings.log_health_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        start = time.perf_counter()
+        request_id = request_id_from(scope)
+        token = request_id_var.set(request_id)
+        path = scope["path"]
+        counted = not metrics.is_excluded(path)
+        status = 500  # what the client gets if the app ends without answering
+        response_started = False
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers["X-Request-ID"] = request_id
+                headers["X-Response-Time"] = f"{time.perf_counter() - start:.6f}"
+            await send(message)
+
+        if counted:
+            metrics.http_requests_in_progress.inc()
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            logger.error("Unhandled exception", exc_info=exc,
+                         extra={"method": scope["method"], "path": path})
+            if not response_started:
+                # Answered here rather than re-raised, so that Starlette's ServerErrorMiddleware
+                # never answers without our headers and envelope.
+                response = JSONResponse(internal_error_body(exc, debug=self.debug), status_code=500)
+                await response(scope, receive, send_with_headers)
+        finally:
+            duration = time.perf_counter() - start
+            route = route_template(scope)
+            if counted:
+                metrics.http_requests_in_progress.dec()
+                metrics.record_request(method=scope["method"], route=route, status=status,
+                                       seconds=duration)
+            if counted or status >= 400 or self.log_health_requests:
+                client = scope.get("client")
+                access_logger.info("Request completed", extra={
+                    "request_id": request_id,
+                    "method": scope["method"],
+                    "path": path,
+                    "route": route,
+                    "status_code": status,
+                    "duration_seconds": round(duration, 6),
+                    "client_address": client[0] if client else None,
+                })
+            request_id_var.reset(token)

@@ -1,0 +1,289 @@
+"""JSON log lines, with secrets masked, written by one thread to the files the operator's guide names.
+
+Every record becomes one JSON object in the thread that logged it (only there are its context
+variables and arguments right), then goes through an unbounded queue to a writer thread, so a
+slow disk never blocks the event loop. The writer appends each line with a single write() on an
+O_APPEND descriptor, so several worker processes can share one file, and reopens a file that
+was moved or deleted (logrotate with `create`) or when asked to (SIGHUP).
+"""
+
+import atexit
+import json
+import logging
+import os
+import queue
+import re
+import sys
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from logging.handlers import QueueHandler
+from pathlib import Path
+from typing import Any, TextIO
+
+from api.config import Settings
+from api.core.context import current_context
+
+ACCESS_LOGGER = "api.access"
+
+# Attributes every LogRecord has; anything else on a record came from `extra`. uvicorn's
+# `color_message` repeats the message with ANSI colours.
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message", "asctime", "taskName", "color_message",
+}
+_CORE_FIELDS = ("timestamp", "level", "logger", "message")
+
+# Libraries whose DEBUG output is request dumps (botocore prints signed headers) or noise.
+_QUIET_LOGGERS = ("botocore", "boto3", "urllib3", "s3transfer", "aiosqlite", "httpcore", "multipart",
+                  "python_multipart")
+
+# -- redaction ---------------------------------------------------------------------------------
+MASK = "***"
+_SECRET_KEY = re.compile(
+    r"authorization|api[-_]?key|secret|password|passwd|token|credential|cookie|signature", re.I)
+_SECRET_TEXT = (
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.I), rf"\1 {MASK}"),
+    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), f"sk-{MASK}"),
+    (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), MASK),
+    # key=value, key: value, "key": "value"; token *counts* (max_tokens=100) are left alone.
+    (re.compile(
+        r"""([\w-]*(?:secret|password|passwd|api[-_]?key|token|authorization|signature)[\w-]*"""
+        r"""["']?\s*[:=]\s*["']?)(?!\d+\b)(?:(?:Bearer|Basic)\s+)?[^\s"',;&}]+""", re.I),
+     rf"\1{MASK}"),
+    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), rf"\1{MASK}@"),
+)
+
+
+def redact_text(text: str) -> str:
+    for pattern, replacement in _SECRET_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def redact(key: str, value: Any) -> Any:
+    """Mask `value` when its key names a secret; look inside strings and containers otherwise."""
+    if _SECRET_KEY.search(key) and not isinstance(value, (int, float)):
+        return MASK
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: redact(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact(key, v) for v in value]
+    return value
+
+
+# -- formatting --------------------------------------------------------------------------------
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: the guide's fields, the context, the extras, the exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, timezone.utc)
+            .strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": redact_text(record.getMessage()),
+        }
+        entry.update(current_context())
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRS and key not in _CORE_FIELDS:
+                entry[key] = redact(key, value)
+        if record.exc_info and record.exc_info[0] is not None:
+            entry["exception"] = redact_text(self.formatException(record.exc_info))
+        if record.stack_info:
+            entry["stack"] = redact_text(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class _JsonQueueHandler(QueueHandler):
+    def prepare(self, record: logging.LogRecord) -> tuple[str, bytes]:  # type: ignore[override]
+        return record.name, (self.format(record) + "\n").encode()
+
+
+# -- writing -----------------------------------------------------------------------------------
+class _LogFile:
+    """Appends lines to one file, reopening it when it was moved or deleted, or on request."""
+
+    def __init__(self, path: Path, accepts: Callable[[str], bool]) -> None:
+        self.path = path
+        self.accepts = accepts
+        self._fd: int | None = None
+        self._identity: tuple[int, int] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._fd is None or self._moved():
+            self.reopen()
+        assert self._fd is not None
+        while data:
+            data = data[os.write(self._fd, data):]
+
+    def _moved(self) -> bool:
+        try:
+            stat = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        return (stat.st_dev, stat.st_ino) != self._identity
+
+    def reopen(self) -> None:
+        self.close()
+        # 0640 as in the guide's logrotate `create 0640`.
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        stat = os.fstat(self._fd)
+        self._identity = (stat.st_dev, stat.st_ino)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _Stream:
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def accepts(self, name: str) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data.decode())
+        self.stream.flush()
+
+    def reopen(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_STOP = object()
+_REOPEN = object()
+
+
+class _Writer(threading.Thread):
+    """The only thread that touches the log files."""
+
+    def __init__(self, sinks: list[_LogFile | _Stream]) -> None:
+        super().__init__(name="log-writer", daemon=True)
+        self.sinks = sinks
+        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+
+    def run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is _STOP:
+                break
+            if item is _REOPEN:
+                for sink in self.sinks:
+                    sink.close()
+            elif isinstance(item, threading.Event):
+                item.set()
+            else:
+                name, data = item
+                for sink in self.sinks:
+                    if sink.accepts(name):
+                        self._write(sink, data)
+        for sink in self.sinks:
+            sink.close()
+
+    @staticmethod
+    def _write(sink: _LogFile | _Stream, data: bytes) -> None:
+        try:
+            sink.write(data)
+        except OSError as exc:
+            # Nowhere left to log to: say so on stderr, still as JSON.
+            sys.stderr.write(json.dumps({"level": "ERROR", "logger": __name__,
+                                         "message": f"Cannot write log line: {exc}"}) + "\n")
+
+    def flush(self, timeout: float) -> bool:
+        done = threading.Event()
+        self.queue.put(done)
+        return done.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self.queue.put(_STOP)
+        self.join(timeout)
+
+
+_writer: _Writer | None = None
+_handler: _JsonQueueHandler | None = None
+
+
+def _sinks(settings: Settings) -> list[_LogFile | _Stream]:
+    log_dir = settings.log_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    sinks: list[_LogFile | _Stream]
+    if settings.environment == "production":
+        sinks = [
+            _LogFile(log_dir / "access.log", lambda name: name == ACCESS_LOGGER),
+            _LogFile(log_dir / "error.log", lambda name: name != ACCESS_LOGGER),
+        ]
+    else:
+        sinks = [_LogFile(log_dir / "api.log", lambda name: True)]
+    if settings.log_stdout:
+        sinks.append(_Stream(sys.stdout))
+    return sinks
+
+
+def configure_logging(settings: Settings) -> None:
+    """Route every logger of the process to JSON lines; safe to call again with new settings."""
+    global _writer, _handler
+    root = logging.getLogger()
+    if _writer is not None:
+        root.removeHandler(_handler)
+        _writer.stop()
+    _writer = _Writer(_sinks(settings))
+    _writer.start()
+    _handler = _JsonQueueHandler(_writer.queue)  # type: ignore[arg-type]
+    _handler.setFormatter(JsonFormatter())
+    root.addHandler(_handler)
+    root.setLevel(logging.DEBUG if settings.debug else settings.log_level)
+
+    # uvicorn's own handlers (when it was started with its default log config) would print
+    # plain text: its records go through ours instead. Its access line is replaced by the
+    # tracing middleware's `Request completed`.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        uvicorn_logger = logging.getLogger(name)
+        uvicorn_logger.handlers.clear()
+        uvicorn_logger.setLevel(logging.NOTSET)
+        uvicorn_logger.propagate = name != "uvicorn.access"
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(max(root.level, logging.WARNING))
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
+    threading.excepthook = _log_uncaught_in_thread
+
+    if settings.debug and settings.environment == "production":
+        logging.getLogger(__name__).warning(
+            "DEBUG=true with ENVIRONMENT=production: error responses include exception details "
+            "and tracebacks, and DEBUG lines are logged")
+
+
+def reopen_log_files() -> None:
+    """Reopen every log file on the next line (after logrotate moved them); signal-safe."""
+    if _writer is not None:
+        _writer.queue.put(_REOPEN)
+
+
+def flush_logs(timeout: float = 5.0) -> bool:
+    """Wait until every line logged so far is written."""
+    return _writer.flush(timeout) if _writer is not None else True
+
+
+def _log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
+    logging.getLogger("api").critical("Uncaught exception", exc_info=(exc_type, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is not SystemExit:
+        logging.getLogger("api").critical(
+            "Uncaught exception in thread", exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            extra={"thread_name": args.thread.name if args.thread else None})
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    # Lines logged during interpreter shutdown (uvicorn's "Finished server process") still
+    # reach the file: atexit runs before daemon threads are stopped.
+    if _writer is not None:
+        _writer.stop()

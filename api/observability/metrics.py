@@ -1,0 +1,213 @@
+"""Prometheus metrics: the series the guide's alerts and dashboard use, correct with N workers.
+
+With PROMETHEUS_MULTIPROC_DIR set (in the environment, before the process starts: the
+client picks its storage at import time), every worker writes its samples to files in that
+directory and a scrape answered by any worker sums them all. Gauges say how to combine
+workers: `livesum` for what adds up across workers (requests in progress, builds running,
+memory and CPU of the service) and only live workers count, so a worker's files are
+dropped when it exits (`mark_process_dead`). The directory must be emptied before the
+server starts (`prepare_multiprocess_dir`).
+
+Values that only the store knows (database up, build success rate) are read at scrape time.
+`build_success_rate` is absent until a build has finished (and while the store is down):
+"no data" rather than a made-up 100 %, so `build_success_rate < 70` neither fires nor hides.
+"""
+
+import asyncio
+import glob
+import os
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, multiprocess,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+
+from api import __version__
+
+MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if MULTIPROC_DIR:
+    # Metrics without labels open their file as soon as they are defined, below.
+    os.makedirs(MULTIPROC_DIR, exist_ok=True)
+
+# `_created` series exist only in single-process mode; drop them so both modes expose the same.
+disable_created_metrics()
+
+STORE_PROBE_TIMEOUT_SECONDS = 2.0
+UNMATCHED_ROUTE = "<unmatched>"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# -- HTTP --------------------------------------------------------------------------------------
+http_requests_total = Counter(
+    "http_requests_total", "HTTP requests served, by route template and exact status code.",
+    ["method", "route", "status"])
+http_request_duration_seconds = Histogram(
+    "http_request_duration_seconds", "Time to serve an HTTP request.", ["method", "route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0))
+http_requests_in_progress = Gauge(
+    "http_requests_in_progress", "HTTP requests being served now.", multiprocess_mode="livesum")
+
+# -- process (sampled in the background by api.observability.system) ---------------------------
+process_memory_percent = Gauge(
+    "process_memory_percent", "Resident memory of the API processes, percent of the host's memory.",
+    multiprocess_mode="livesum")
+process_cpu_percent = Gauge(
+    "process_cpu_percent", "CPU used by the API processes, percent of one core.",
+    multiprocess_mode="livesum")
+
+# -- database ----------------------------------------------------------------------------------
+db_queries_total = Counter(
+    "db_queries_total", "Store operations, by operation and outcome (success, error).",
+    ["operation", "outcome"])
+db_query_duration_seconds = Histogram(
+    "db_query_duration_seconds", "Time of one store operation.", ["operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+db_slow_queries_total = Counter(
+    "db_slow_queries_total", "Store operations slower than SLOW_QUERY_THRESHOLD_SECONDS.")
+
+# -- builds and agents -------------------------------------------------------------------------
+builds_total = Counter("builds_total", "Builds finished, by final status.", ["status"])
+builds_active = Gauge("builds_active", "Builds running in this service now.",
+                      multiprocess_mode="livesum")
+build_duration_seconds = Histogram(
+    "build_duration_seconds", "Duration of a finished build, by final status.", ["status"],
+    buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
+build_stage_duration_seconds = Histogram(
+    "build_stage_duration_seconds", "Duration of one build stage.", ["stage"],
+    buckets=(0.1, 0.5, 1, 5, 10, 30, 60, 120, 300, 600, 1800))
+agent_invocations_total = Counter(
+    "agent_invocations_total", "Agent invocations, by outcome (success, failed).", ["status"])
+agent_invocation_duration_seconds = Histogram(
+    "agent_invocation_duration_seconds", "Duration of one agent invocation.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
+
+
+# -- recording (called by the middleware, the store observer and the build engine) -------------
+def is_excluded(path: str) -> bool:
+    """Probes and scrapes would drown the request series; they are not counted."""
+    return path == "/metrics" or path == "/health" or path.startswith("/health/")
+
+
+def method_label(method: str) -> str:
+    # Clients can send any method name; keep the label bounded.
+    return method if method in _METHODS else "OTHER"
+
+
+def record_request(*, method: str, route: str, status: int, seconds: float) -> None:
+    method = method_label(method)
+    http_requests_total.labels(method, route, str(status)).inc()
+    http_request_duration_seconds.labels(method, route).observe(seconds)
+
+
+def record_db_operation(*, operation: str, seconds: float, ok: bool, slow: bool) -> None:
+    db_queries_total.labels(operation, "success" if ok else "error").inc()
+    db_query_duration_seconds.labels(operation).observe(seconds)
+    if slow:
+        db_slow_queries_total.inc()
+
+
+def record_build_finished(*, status: str, duration_seconds: float | None) -> None:
+    builds_total.labels(status).inc()
+    if duration_seconds is not None:
+        build_duration_seconds.labels(status).observe(duration_seconds)
+
+
+def record_stage(*, stage: str, seconds: float) -> None:
+    build_stage_duration_seconds.labels(stage).observe(seconds)
+
+
+def build_started() -> None:
+    builds_active.inc()
+
+
+def build_stopped() -> None:
+    builds_active.dec()
+
+
+def record_invocation(*, status: str, seconds: float) -> None:
+    agent_invocations_total.labels(status).inc()
+    agent_invocation_duration_seconds.observe(seconds)
+
+
+# -- multiprocess bookkeeping ------------------------------------------------------------------
+def prepare_multiprocess_dir() -> None:
+    """Empty the multiprocess directory; call once before the workers start."""
+    if MULTIPROC_DIR:
+        for path in glob.glob(os.path.join(MULTIPROC_DIR, "*.db")):
+            os.remove(path)
+
+
+def forget_dead_workers() -> None:
+    """Drop the live gauges of workers that died without cleaning up (kill -9, OOM)."""
+    if not MULTIPROC_DIR:
+        return
+    pids = {int(m.group(1)) for path in glob.glob(os.path.join(MULTIPROC_DIR, "gauge_live*_*.db"))
+            if (m := re.search(r"_(\d+)\.db$", path))}
+    for pid in pids:
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, MULTIPROC_DIR)
+
+
+def forget_this_worker() -> None:
+    if MULTIPROC_DIR:
+        multiprocess.mark_process_dead(os.getpid(), MULTIPROC_DIR)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True
+
+
+# -- exposition --------------------------------------------------------------------------------
+class _Exposition:
+    """What one scrape shows: every worker's samples plus the values read from the store."""
+
+    def __init__(self, extra: Iterable[Metric]) -> None:
+        self.extra = list(extra)
+
+    def collect(self) -> Iterator[Metric]:
+        if MULTIPROC_DIR:
+            yield from multiprocess.MultiProcessCollector(None, MULTIPROC_DIR).collect()
+        else:
+            # The default registry also holds prometheus_client's process_* collectors, which
+            # describe only the process answering, so they are left out with several workers.
+            yield from REGISTRY.collect()
+        yield from self.extra
+
+
+async def _store_families(store: Any) -> list[Metric]:
+    up = GaugeMetricFamily("database_up", "1 when the store answered a ping at scrape time.",
+                           labels=["backend"])
+    families: list[Metric] = [up]
+    try:
+        await asyncio.wait_for(store.ping(), STORE_PROBE_TIMEOUT_SECONDS)
+        counters = await asyncio.wait_for(store.get_counters(), STORE_PROBE_TIMEOUT_SECONDS)
+    except Exception:  # the store is down, whatever the reason: say so, serve the rest
+        up.add_metric([store.backend_name], 0)
+        return families
+    up.add_metric([store.backend_name], 1)
+    finished = counters["builds_succeeded"] + counters["builds_failed"]
+    if finished:
+        families.append(GaugeMetricFamily(
+            "build_success_rate",
+            "Percent of finished builds that succeeded (cancelled builds excluded).",
+            value=100.0 * counters["builds_succeeded"] / finished))
+    return families
+
+
+async def render(store: Any, accept: str | None) -> tuple[bytes, str]:
+    """The exposition body and its content type, in the format the scraper asked for."""
+    info = InfoMetricFamily("nexus_api", "Version of the running API.", value={"version": __version__})
+    families = [info, *await _store_families(store)]
+    encoder, content_type = choose_encoder(accept or "")
+    # Reading the multiprocess files is disk I/O: off the event loop.
+    body = await asyncio.to_thread(encoder, _Exposition(families))
+    return body, content_type

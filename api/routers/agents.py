@@ -1,0 +1,87 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from api.core.deps import AgentServiceDep, page_body
+from api.core.envelope import ok
+from api.core.errors import ValidationFailed
+from api.schemas.agents import (
+    AgentStatusUpdate,
+    AgentUpdate,
+    Category,
+    InvokeRequest,
+    SessionCreate,
+)
+from api.schemas.common import LastKey, Limit
+
+router = APIRouter(prefix="/agents", tags=["agents"])
+
+AgentId = Annotated[str, Path(max_length=200)]
+
+
+def _capability_list(raw: str | None) -> list[str] | None:
+    if raw is None:
+        return None
+    capabilities = [part.strip() for part in raw.split(",") if part.strip()]
+    if not capabilities or len(capabilities) > 20:
+        raise ValidationFailed("capabilities", "give 1 to 20 comma-separated capabilities")
+    return capabilities
+
+
+@router.get("")
+async def list_agents(
+    agents: AgentServiceDep, limit: Limit = 20, last_key: LastKey = None,
+    project_id: Annotated[str | None, Query(max_length=64)] = None,
+    status: Annotated[str | None, Query(pattern="^(running|offline)$")] = None,
+    category: Annotated[Category | None, Query()] = None,
+    capabilities: Annotated[str | None, Query(max_length=1000)] = None,
+) -> JSONResponse:
+    page = await agents.list_agents(limit=limit, last_key=last_key, project_id=project_id, status=status,
+                             category=category, capabilities=_capability_list(capabilities))
+    return ok(page_body(page))
+
+
+@router.get("/{agent_id}")
+async def get_agent(agent_id: AgentId, agents: AgentServiceDep) -> JSONResponse:
+    return ok(await agents.get(agent_id=agent_id))
+
+
+@router.put("/{agent_id}")
+async def update_agent(agent_id: AgentId, body: AgentUpdate, agents: AgentServiceDep) -> JSONResponse:
+    return ok(await agents.update(agent_id=agent_id, body=body))
+
+
+@router.put("/{agent_id}/status")
+async def set_agent_status(agent_id: AgentId, body: AgentStatusUpdate,
+                           agents: AgentServiceDep) -> JSONResponse:
+    return ok(await agents.set_status(agent_id=agent_id, body=body))
+
+
+@router.delete("/{agent_id}")
+async def delete_agent(agent_id: AgentId, agents: AgentServiceDep) -> JSONResponse:
+    await agents.delete(agent_id=agent_id)
+    return ok({"agent_id": agent_id, "deleted": True})
+
+
+@router.post("/{agent_id}/invoke")
+async def invoke_agent(agent_id: AgentId, body: InvokeRequest, agents: AgentServiceDep) -> JSONResponse:
+    return ok(await agents.invoke(agent_id=agent_id, input_text=body.input_text,
+                                  session_id=body.session_id, enable_trace=body.enable_trace))
+
+
+@router.get("/{agent_id}/invocations")
+async def list_invocations(agent_id: AgentId, agents: AgentServiceDep, limit: Limit = 20,
+                           last_key: LastKey = None) -> JSONResponse:
+    return ok(page_body(await agents.invocations(agent_id=agent_id, limit=limit, last_key=last_key)))
+
+
+@router.post("/{agent_id}/sessions", status_code=201)
+async def create_session(agent_id: AgentId, body: SessionCreate, agents: AgentServiceDep) -> JSONResponse:
+    return ok(await agents.create_session(agent_id=agent_id, body=body), status_code=201)
+
+
+@router.get("/{agent_id}/sessions")
+async def list_sessions(agent_id: AgentId, agents: AgentServiceDep, limit: Limit = 20,
+                        last_key: LastKey = None) -> JSONResponse:
+    return ok(page_body(await agents.sessions(agent_id=agent_id, limit=limit, last_key=last_key)))

@@ -1,0 +1,73 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+from fastapi.responses import JSONResponse
+
+from api.core.deps import ProjectServiceDep, page_body
+from api.core.envelope import ok
+from api.schemas.common import Identifier, LastKey, Limit
+from api.schemas.projects import ProjectControl, ProjectCreate, ProjectStatus
+
+router = APIRouter(prefix="/projects", tags=["projects"])
+
+ProjectId = Annotated[str, Path(max_length=64)]
+
+
+@router.post("", status_code=201)
+async def create_project(body: ProjectCreate, projects: ProjectServiceDep) -> JSONResponse:
+    return ok(await projects.create(body=body), status_code=201)
+
+
+@router.get("")
+async def list_projects(
+    projects: ProjectServiceDep, limit: Limit = 20, last_key: LastKey = None,
+    status: Annotated[ProjectStatus | None, Query()] = None,
+    user_id: Annotated[Identifier | None, Query()] = None,
+) -> JSONResponse:
+    page = await projects.list_projects(limit=limit, last_key=last_key, status=status, user_id=user_id)
+    return ok(page_body(page))
+
+
+@router.get("/{project_id}")
+async def get_project(project_id: ProjectId, projects: ProjectServiceDep) -> JSONResponse:
+    return ok(await projects.get(project_id=project_id))
+
+
+@router.get("/{project_id}/stages")
+async def list_stages(project_id: ProjectId, projects: ProjectServiceDep) -> JSONResponse:
+    return ok(await projects.stages(project_id=project_id))
+
+
+@router.get("/{project_id}/stages/{stage_name}")
+async def get_stage(project_id: ProjectId, stage_name: Annotated[str, Path(max_length=64)],
+                    projects: ProjectServiceDep) -> JSONResponse:
+    return ok(await projects.stage(project_id=project_id, stage_name=stage_name))
+
+
+@router.put("/{project_id}/control")
+async def control_project(project_id: ProjectId, body: ProjectControl,
+                          projects: ProjectServiceDep) -> JSONResponse:
+    return ok(await projects.control(project_id=project_id, body=body))
+
+
+@router.delete("/{project_id}")
+async def delete_project(project_id: ProjectId, projects: ProjectServiceDep) -> JSONResponse:
+    await projects.delete(project_id=project_id)
+    return ok({"project_id": project_id, "deleted": True})
+
+
+@router.get("/{project_id}/builds")
+async def list_builds(project_id: ProjectId, projects: ProjectServiceDep, limit: Limit = 20,
+                      last_key: LastKey = None) -> JSONResponse:
+    return ok(page_body(await projects.builds(project_id=project_id, limit=limit, last_key=last_key)))
+
+
+@router.get("/{project_id}/artifacts")
+async def list_artifacts(project_id: ProjectId, projects: ProjectServiceDep) -> JSONResponse:
+    items = await projects.artifacts(project_id=project_id)
+    return ok({"items": items, "count": len(items), "last_key": None})
+
+
+@router.get("/{project_id}/artifacts/{path:path}")
+async def get_artifact(project_id: ProjectId, path: str, projects: ProjectServiceDep) -> JSONResponse:
+    return ok(await projects.artifact(project_id=project_id, path=path))

@@ -1,0 +1,35 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from fastapi.responses import JSONResponse
+
+from api.core.deps import AgentServiceDep, page_body
+from api.core.envelope import ok
+from api.schemas.agents import MessageCreate
+from api.schemas.common import LastKey, Limit
+
+router = APIRouter(prefix="/sessions", tags=["sessions"])
+
+SessionId = Annotated[str, Path(max_length=64)]
+
+
+@router.get("/{session_id}")
+async def get_session(session_id: SessionId, agents: AgentServiceDep) -> JSONResponse:
+    return ok(await agents.get_session(session_id=session_id))
+
+
+@router.post("/{session_id}/messages", status_code=201)
+async def post_message(session_id: SessionId, body: MessageCreate, agents: AgentServiceDep) -> JSONResponse:
+    return ok(await agents.post_message(session_id=session_id, content=body.content), status_code=201)
+
+
+@router.get("/{session_id}/messages")
+async def list_messages(session_id: SessionId, agents: AgentServiceDep, limit: Limit = 20,
+                        last_key: LastKey = None) -> JSONResponse:
+    return ok(page_body(await agents.messages(session_id=session_id, limit=limit, last_key=last_key)))
+
+
+@router.delete("/{session_id}")
+async def delete_session(session_id: SessionId, agents: AgentServiceDep) -> JSONResponse:
+    await agents.delete_session(session_id=session_id)
+    return ok({"session_id": session_id, "deleted": True})

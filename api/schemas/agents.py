@@ -1,0 +1,45 @@
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from api.schemas.common import StrictModel
+
+Capability = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
+                                              pattern=r"^[A-Za-z0-9_.-]+$")]
+Category = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64,
+                                            pattern=r"^[A-Za-z0-9_.-]+$")]
+SessionId = Annotated[str, StringConstraints(pattern=r"^sess_[0-9a-f]{16}$")]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=10000)]
+
+
+class AgentUpdate(StrictModel):
+    description: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)] | None = None
+    category: Category | None = None
+    capabilities: list[Capability] | None = Field(default=None, max_length=50)
+
+    @model_validator(mode="after")
+    def _something_to_change(self) -> "AgentUpdate":
+        if not self.model_fields_set:
+            raise ValueError("give at least one of description, category, capabilities")
+        return self
+
+
+class AgentStatusUpdate(StrictModel):
+    status: Literal["running", "offline"]
+    error_message: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+
+class InvokeRequest(StrictModel):
+    input_text: Text
+    session_id: SessionId | None = None
+    enable_trace: bool = False
+
+
+class SessionCreate(StrictModel):
+    display_name: Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)] | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict, max_length=50)
+
+
+class MessageCreate(StrictModel):
+    content: Text
+    role: Literal["user"] = "user"

@@ -1,0 +1,21 @@
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints
+
+from api.schemas.common import Identifier, Name, StrictModel
+
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
+ProjectStatus = Literal["pending", "building", "paused", "completed", "failed", "stopped"]
+
+
+class ProjectCreate(StrictModel):
+    requirement: Annotated[str, StringConstraints(strip_whitespace=True, min_length=10, max_length=5000)]
+    project_name: Name | None = None
+    user_id: Identifier = "default"
+    priority: int = Field(default=3, ge=1, le=5)
+    tags: list[Tag] = Field(default_factory=list, max_length=20)
+
+
+class ProjectControl(StrictModel):
+    action: Literal["pause", "resume", "stop", "restart"]
+    reason: Annotated[str, StringConstraints(max_length=500)] | None = None

@@ -1,0 +1,58 @@
+"""Counts HTTP API requests per UTC day without a database write per request.
+
+Counts accumulate in memory and are added to the store's daily aggregate every few seconds
+and at shutdown; the statistics add what is still pending, so the figure is exact.
+"""
+
+import asyncio
+import logging
+from collections import Counter
+from datetime import datetime, timezone
+
+from api.database.store import Store, StoreError
+
+logger = logging.getLogger("api.services.api_call_counter")
+
+
+def today() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d")
+
+
+class ApiCallCounter:
+    def __init__(self, *, store: Store, flush_seconds: float) -> None:
+        self.store = store
+        self.flush_seconds = flush_seconds
+        self._pending: Counter[str] = Counter()
+        self._flushing: Counter[str] = Counter()
+        self._task: asyncio.Task[None] | None = None
+
+    def count(self) -> None:
+        self._pending[today()] += 1
+
+    def pending(self, date: str) -> int:
+        return self._pending[date] + self._flushing[date]
+
+    async def flush(self) -> None:
+        if not self._pending:
+            return
+        self._flushing, self._pending = self._pending, Counter()
+        try:
+            await self.store.add_api_calls(counts=dict(self._flushing))
+        except StoreError:
+            logger.warning("Could not store API call counts; keeping them for the next flush")
+            self._pending.update(self._flushing)
+        self._flushing = Counter()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            await self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._flush_forever(), name="api-call-flush")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()

@@ -1,0 +1,174 @@
+"""Projects, their builds, stages, artifacts and control actions."""
+
+import logging
+from typing import Any
+
+from api.core import ids
+from api.core.context import bind, request_id_var
+from api.core.envelope import utc_now
+from api.core.errors import InvalidState, NotFound, ServiceUnavailable
+from api.database.store import ACTIVE_BUILD_STATUSES, Page, Record, Store
+from api.engine.build_engine import BuildEngine
+from api.engine.stages import STAGE_NAMES, initial_stages
+from api.schemas.projects import ProjectControl, ProjectCreate
+
+logger = logging.getLogger("api.services.project_service")
+
+# What a project's status must be for each control action (the latest build's status
+# decides, since the project mirrors it).
+ACTION_FROM = {
+    "pause": ("queued", "running"),
+    "resume": ("paused",),
+    "stop": ACTIVE_BUILD_STATUSES,
+    "restart": ("succeeded", "failed", "cancelled"),
+}
+BUILD_PRIVATE_FIELDS = ("context", "owner", "lease_until")
+
+
+def build_public(build: Record) -> Record:
+    return {key: value for key, value in build.items() if key not in BUILD_PRIVATE_FIELDS}
+
+
+def _stage_summary(stage: Record) -> Record:
+    return {key: stage[key] for key in ("name", "order", "weight", "status", "started_at",
+                                        "completed_at", "duration_seconds", "error")} | {
+        "sub_stages": [{"name": sub["name"], "status": sub["status"]} for sub in stage["sub_stages"]]}
+
+
+def new_build(project_id: str) -> Record:
+    now = utc_now()
+    return {
+        "build_id": ids.build_id(), "project_id": project_id, "status": "queued", "progress": 0.0,
+        "current_stage": None, "stages": initial_stages(), "context": {}, "error": None,
+        "request_id": request_id_var.get(), "owner": None, "lease_until": None,
+        "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
+    }
+
+
+class ProjectService:
+    def __init__(self, *, store: Store, engine: BuildEngine) -> None:
+        self.store = store
+        self.engine = engine
+
+    async def _project(self, project_id: str) -> Record:
+        project = await self.store.get_project(project_id=project_id)
+        if project is None:
+            raise NotFound("project", project_id)
+        bind(project_id=project_id, user_id=project["user_id"])
+        return project
+
+    async def _latest_build(self, project: Record) -> Record:
+        build = await self.store.get_build(build_id=project["latest_build_id"])
+        if build is None:
+            raise NotFound("build", project["latest_build_id"])
+        return build
+
+    async def create(self, *, body: ProjectCreate) -> Record:
+        if not self.engine.accepting:
+            raise ServiceUnavailable("The service is shutting down and accepts no new builds.")
+        project_id = ids.project_id()
+        bind(project_id=project_id, user_id=body.user_id)
+        build = new_build(project_id)
+        now = build["created_at"]
+        project = {
+            "project_id": project_id, "user_id": body.user_id,
+            "project_name": body.project_name or body.requirement.splitlines()[0][:80].strip(),
+            "requirement": body.requirement, "priority": body.priority, "tags": body.tags,
+            "status": "pending", "progress": 0.0, "current_stage": None,
+            "latest_build_id": build["build_id"], "created_at": now, "updated_at": now,
+        }
+        await self.store.create_project(project=project, build=build)
+        logger.info("Project created successfully",
+                    extra={"build_id": build["build_id"], "priority": body.priority})
+        self.engine.wake()
+        return {**project, "latest_build": build_public(build)}
+
+    async def get(self, *, project_id: str) -> Record:
+        project = await self._project(project_id)
+        build = await self._latest_build(project)
+        return {**project, "latest_build": build_public(build),
+                "stages_snapshot": [_stage_summary(stage) for stage in build["stages"]]}
+
+    async def list_projects(self, *, limit: int, last_key: str | None, status: str | None,
+                   user_id: str | None) -> Page:
+        return await self.store.list_projects(limit=limit, last_key=last_key, status=status,
+                                              user_id=user_id)
+
+    async def stages(self, *, project_id: str) -> list[Record]:
+        build = await self._latest_build(await self._project(project_id))
+        return [_stage_summary(stage) for stage in build["stages"]]
+
+    async def stage(self, *, project_id: str, stage_name: str) -> Record:
+        if stage_name not in STAGE_NAMES:
+            raise NotFound("stage", stage_name)
+        project = await self._project(project_id)
+        build = await self._latest_build(project)
+        stage = next(s for s in build["stages"] if s["name"] == stage_name)
+        artifacts = [a for a in await self.store.list_artifacts(project_id=project_id)
+                     if a["stage"] == stage_name and a["build_id"] == build["build_id"]]
+        logs = await self.store.list_build_logs(build_id=build["build_id"], stage=stage_name)
+        return {**stage, "build_id": build["build_id"], "artifacts": artifacts, "logs": logs}
+
+    async def control(self, *, project_id: str, body: ProjectControl) -> Record:
+        project = await self._project(project_id)
+        build = await self._latest_build(project)
+        bind(build_id=build["build_id"])
+        if build["status"] not in ACTION_FROM[body.action]:
+            raise InvalidState(
+                f"Cannot {body.action} a project whose status is {project['status']!r}",
+                details={"status": project["status"], "action": body.action})
+        if body.action == "restart":
+            restarted = new_build(project_id)
+            if not await self.store.add_build(build=restarted):
+                raise InvalidState("The project changed while restarting; read it again.")
+            self.engine.wake()
+        else:
+            changes = self._control_changes(body.action, build)
+            if not await self.store.update_build(build_id=build["build_id"], changes=changes,
+                                                 expect_status=ACTION_FROM[body.action]):
+                raise InvalidState("The build changed while applying the action; read it again.")
+            if body.action == "stop":
+                self.engine.abandon(build["build_id"])
+            if body.action == "resume":
+                self.engine.wake()
+        logger.info(f"Project {body.action} requested", extra={"action": body.action, "reason": body.reason})
+        return await self.get(project_id=project_id)
+
+    @staticmethod
+    def _control_changes(action: str, build: Record) -> Record:
+        now = utc_now()
+        if action == "pause":
+            return {"status": "paused", "updated_at": now}
+        if action == "resume":
+            # A build paused before it ever started goes back in the queue.
+            return {"status": "running" if build["started_at"] else "queued", "updated_at": now}
+        stages = build["stages"]
+        for stage in stages:
+            if stage["status"] in ("pending", "running"):
+                stage["status"] = "skipped"
+        return {"status": "cancelled", "finished_at": now, "updated_at": now, "owner": None,
+                "lease_until": None, "stages": stages, "current_stage": None}
+
+    async def delete(self, *, project_id: str) -> None:
+        project = await self._project(project_id)
+        if not await self.store.delete_project(project_id=project_id):
+            raise NotFound("project", project_id)
+        self.engine.abandon(project["latest_build_id"])
+        logger.info("Project deleted")
+
+    async def builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page:
+        await self._project(project_id)
+        page = await self.store.list_builds(project_id=project_id, limit=limit, last_key=last_key)
+        page.items = [build_public(build) for build in page.items]
+        return page
+
+    async def artifacts(self, *, project_id: str) -> list[Record]:
+        await self._project(project_id)
+        return await self.store.list_artifacts(project_id=project_id)
+
+    async def artifact(self, *, project_id: str, path: str) -> dict[str, Any]:
+        await self._project(project_id)
+        artifact = await self.store.get_artifact(project_id=project_id, path=path)
+        if artifact is None:
+            raise NotFound("artifact", path)
+        return artifact
