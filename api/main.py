@@ -108,7 +108,15 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn api.main:app` reads the attribute; building the app on first access rather than
+    # at import keeps `import api.main` (tests, tools) free of start-up side effects.
+    if name != "app":
+        raise AttributeError(name)
+    global app
+    app = create_app()
+    return app
+
 
 if __name__ == "__main__":
     from api.cli import main

@@ -98,8 +98,8 @@ class BuildRun:
                 build_id=self.build_id, changes={"owner": None, "lease_until": None, "updated_at": utc_now()},
                 expect_status=("paused",), expect_owner=self.engine.instance_id)
             if released:
-                logger.info("Build paused at a stage boundary",
-                            extra={"progress": progress(self.stages)})
+                step = next((s["name"] for s in self.stages if s["status"] != "completed"), None)
+                await self._log(step or "agent_deployer", f"Build paused before {step}")
                 raise BuildAbandoned("paused")
             await self._checkpoint()  # resumed or stopped meanwhile: look again
 
@@ -220,6 +220,9 @@ class BuildEngine:
     def wake(self) -> None:
         """Look for claimable builds now (a build was queued or resumed)."""
         self._wake.set()
+
+    def is_running(self, build_id: str) -> bool:
+        return build_id in self._runs
 
     def abandon(self, build_id: str) -> None:
         """Cancel the local run of a build that was stopped or deleted."""

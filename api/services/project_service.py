@@ -26,7 +26,10 @@ BUILD_PRIVATE_FIELDS = ("context", "owner", "lease_until")
 
 
 def build_public(build: Record) -> Record:
-    return {key: value for key, value in build.items() if key not in BUILD_PRIVATE_FIELDS}
+    public = {key: value for key, value in build.items() if key not in BUILD_PRIVATE_FIELDS}
+    # Which engine is running the build; null while it is queued, held by a pause, or finished.
+    public["instance_id"] = build["owner"]
+    return public
 
 
 def _stage_summary(stage: Record) -> Record:
@@ -86,7 +89,8 @@ class ProjectService:
     async def get(self, *, project_id: str) -> Record:
         project = await self._project(project_id)
         build = await self._latest_build(project)
-        return {**project, "latest_build": build_public(build),
+        latest = {key: value for key, value in build_public(build).items() if key != "stages"}
+        return {**project, "latest_build": latest,
                 "stages_snapshot": [_stage_summary(stage) for stage in build["stages"]]}
 
     async def list_projects(self, *, limit: int, last_key: str | None, status: str | None,

@@ -1,0 +1,176 @@
+"""Fixtures: the real app on a real SQLite file in a temporary directory, in process or as a
+uvicorn subprocess on a loopback port."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from api.config import Settings
+from api.main import create_app
+from api.providers.base import ModelProvider
+
+REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
+
+REQUIREMENT = "Build an agent that triages customer support tickets and answers refund questions"
+OTHER_REQUIREMENT = "Create an agent that builds weekly sales reports and forecasts revenue from CSV data"
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "log_dir": tmp_path / "logs",
+        "offline_stage_delay_seconds": 0.01,
+        "build_lease_seconds": 3.0,
+        "api_calls_flush_seconds": 0.5,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+async def wait_for(check: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0,
+                   interval: float = 0.02, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+class Api:
+    """A thin client that unwraps the success envelope and checks its shape."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.api_requests = 0
+
+    async def call(self, method: str, path: str, *, expect: int = 200, **kwargs: Any) -> Any:
+        self.api_requests += path.startswith("/api/v1/")
+        response = await self.client.request(method, path, **kwargs)
+        body = response.json()
+        assert response.status_code == expect, (response.status_code, body)
+        if expect < 400:
+            assert body["success"] is True
+            return body["data"]
+        assert body["success"] is False
+        return body["error"]
+
+    async def create_project(self, requirement: str = REQUIREMENT, **fields: Any) -> dict[str, Any]:
+        return await self.call("POST", "/api/v1/projects", expect=201,
+                               json={"requirement": requirement, **fields})
+
+    async def project(self, project_id: str) -> dict[str, Any]:
+        return await self.call("GET", f"/api/v1/projects/{project_id}")
+
+    async def wait_status(self, project_id: str, *statuses: str, timeout: float = 30.0) -> dict[str, Any]:
+        async def reached() -> dict[str, Any] | None:
+            project = await self.project(project_id)
+            return project if project["status"] in statuses else None
+
+        return await wait_for(reached, timeout=timeout, what=f"{project_id} to be {statuses}")
+
+    async def built_agent(self, requirement: str = REQUIREMENT) -> dict[str, Any]:
+        project = await self.create_project(requirement)
+        await self.wait_status(project["project_id"], "completed")
+        agents = await self.call("GET", "/api/v1/agents",
+                                 params={"project_id": project["project_id"]})
+        assert agents["count"] == 1
+        return agents["items"][0]
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def provider() -> ModelProvider | None:
+    """Overridden by tests that stand a scripted model in for a hosted provider."""
+    return None
+
+
+@pytest.fixture
+async def app(settings: Settings, provider: ModelProvider | None) -> AsyncIterator[Any]:
+    application = create_app(settings, provider=provider)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def api(app: Any) -> AsyncIterator[Api]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield Api(client)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """`python api/main.py` as an operator runs it, on a loopback port."""
+
+    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(self.port),
+                    "DATA_DIR": str(workdir / "data"), "LOG_DIR": str(workdir / "logs"), **env}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "ServerProcess":
+        self.stderr_path = self.workdir / f"server-{self.port}.stderr"
+        with open(self.stderr_path, "ab") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, str(REPO / "api" / "main.py")], cwd=self.workdir, env=self.env,
+                stdout=stderr, stderr=stderr)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.stderr_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/api/v1/statistics/overview", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("server did not come up within 30s")
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    servers: list[ServerProcess] = []
+
+    def start(**env: str) -> ServerProcess:
+        server = ServerProcess(tmp_path, env).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

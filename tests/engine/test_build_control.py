@@ -1,0 +1,180 @@
+"""Control actions act on the running build, not only on a stored field."""
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from api.config import Settings
+from tests.conftest import Api, make_settings, wait_for
+
+STAGE_DELAY = 0.15
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path, offline_stage_delay_seconds=STAGE_DELAY)
+
+
+async def _stage_of(api: Api, project_id: str, name: str) -> dict[str, Any]:
+    return await api.call("GET", f"/api/v1/projects/{project_id}/stages/{name}")
+
+
+async def test_pause_holds_at_a_boundary_and_resume_finishes(api: Api, app: Any) -> None:
+    project_id = (await api.create_project())["project_id"]
+    await wait_for(lambda: _progress_at_least(api, project_id, 15), what="stage 2 done")
+
+    paused = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                            json={"action": "pause", "reason": "maintenance"})
+    assert paused["status"] == "paused"
+    assert paused["latest_build"]["status"] == "paused"
+
+    async def held() -> dict[str, Any] | None:
+        project = await api.project(project_id)
+        return project if project["latest_build"]["instance_id"] is None else None
+
+    held_project = await wait_for(held, what="the engine to release the paused build")
+    assert not app.state.engine.is_running(held_project["latest_build_id"])
+    # Held: several stage durations later nothing has moved.
+    await asyncio.sleep(STAGE_DELAY * 5)
+    still = await api.project(project_id)
+    assert still["progress"] == held_project["progress"] < 100
+    assert still["stages_snapshot"] == held_project["stages_snapshot"]
+    stage_logs = [line["message"] for stage in ("system_architecture", "agent_design",
+                                                "agent_developer_manager", "agent_deployer")
+                  for line in (await _stage_of(api, project_id, stage))["logs"]]
+    assert any(message.startswith("Build paused before") for message in stage_logs)
+
+    resumed = await api.call("PUT", f"/api/v1/projects/{project_id}/control", json={"action": "resume"})
+    assert resumed["status"] == "building"
+    done = await api.wait_status(project_id, "completed")
+    assert done["progress"] == 100
+    assert all(stage["status"] == "completed" for stage in done["stages_snapshot"])
+
+
+async def _progress_at_least(api: Api, project_id: str, value: float) -> bool:
+    return (await api.project(project_id))["progress"] >= value
+
+
+async def test_progress_never_decreases_and_is_100_only_on_success(api: Api) -> None:
+    project_id = (await api.create_project())["project_id"]
+    seen: list[float] = []
+
+    async def finished() -> bool:
+        project = await api.project(project_id)
+        seen.append(project["progress"])
+        if project["status"] != "completed":
+            assert project["progress"] < 100
+        return project["status"] == "completed"
+
+    await wait_for(finished, interval=0.01, what="the build to finish")
+    assert seen == sorted(seen)
+    assert seen[-1] == 100
+    assert len(set(seen)) > 5, "progress should be observed moving through the stages"
+
+
+async def test_stop_cancels_mid_stage(tmp_path: Path) -> None:
+    # Long stages, so that the stop certainly lands in the middle of one.
+    from api.main import create_app
+    import httpx
+
+    app = create_app(make_settings(tmp_path, offline_stage_delay_seconds=30))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://testserver") as client:
+            api = Api(client)
+            project_id = (await api.create_project())["project_id"]
+
+            async def orchestrating() -> bool:
+                stage = await _stage_of(api, project_id, "orchestrator")
+                return stage["status"] == "running"
+
+            await wait_for(orchestrating, what="the first stage to run")
+            stopped = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                                     json={"action": "stop"})
+            assert stopped["status"] == "stopped"
+            assert stopped["latest_build"]["status"] == "cancelled"
+            build_id = stopped["latest_build_id"]
+            # The stage's 30 s of work is abandoned, not waited for.
+            await wait_for(lambda: _not_running(app, build_id), timeout=5, what="the run to end")
+            orchestrator = await _stage_of(api, project_id, "orchestrator")
+            assert orchestrator["status"] == "skipped"
+            assert not any("completed" in line["message"] for line in orchestrator["logs"])
+            assert {s["status"] for s in stopped["stages_snapshot"]} == {"skipped"}
+
+            again = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                                   json={"action": "stop"}, expect=409)
+            assert again["code"] == "INVALID_STATE"
+            overview = await api.call("GET", "/api/v1/statistics/overview")
+            assert (overview["active_builds"], overview["total_builds"], overview["failed_builds"]) == (0, 1, 0)
+
+
+async def _not_running(app: Any, build_id: str) -> bool:
+    return not app.state.engine.is_running(build_id)
+
+
+async def test_restart_runs_a_new_build_of_the_same_project(api: Api) -> None:
+    project_id = (await api.create_project())["project_id"]
+    first = await api.wait_status(project_id, "completed")
+    restart_early = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                                   json={"action": "pause"}, expect=409)
+    assert restart_early["details"]["status"] == "completed"
+
+    restarted = await api.call("PUT", f"/api/v1/projects/{project_id}/control", json={"action": "restart"})
+    assert restarted["latest_build_id"] != first["latest_build_id"]
+    assert restarted["status"] in ("pending", "building")
+    assert restarted["progress"] < 100
+    done = await api.wait_status(project_id, "completed")
+    assert done["latest_build_id"] == restarted["latest_build_id"]
+    builds = await api.call("GET", f"/api/v1/projects/{project_id}/builds")
+    assert [b["build_id"] for b in builds["items"]] == [restarted["latest_build_id"], first["latest_build_id"]]
+    assert all(b["status"] == "succeeded" for b in builds["items"])
+    # The same agent is registered again, not twice.
+    agents = await api.call("GET", "/api/v1/agents", params={"project_id": project_id})
+    assert agents["count"] == 1
+    assert agents["items"][0]["build_id"] == restarted["latest_build_id"]
+
+
+async def test_pause_of_a_queued_build_and_resume_requeues_it(tmp_path: Path) -> None:
+    from api.main import create_app
+    import httpx
+
+    app = create_app(make_settings(tmp_path, offline_stage_delay_seconds=0.05, max_concurrent_builds=1))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://testserver") as client:
+            api = Api(client)
+            first = (await api.create_project())["project_id"]
+            second = (await api.create_project())["project_id"]
+            paused = await api.call("PUT", f"/api/v1/projects/{second}/control", json={"action": "pause"})
+            assert paused["status"] == "paused"
+            await api.wait_status(first, "completed")
+            held = await api.project(second)
+            assert held["status"] == "paused" and held["latest_build"]["started_at"] is None
+            resumed = await api.call("PUT", f"/api/v1/projects/{second}/control", json={"action": "resume"})
+            assert resumed["status"] == "pending"
+            await api.wait_status(second, "completed")
+
+
+async def test_delete_cancels_the_running_build_and_removes_everything(api: Api, app: Any) -> None:
+    done_id = (await api.create_project())["project_id"]
+    agent = await api.built_agent()
+    await api.call("POST", f"/api/v1/agents/{agent['agent_id']}/invoke", json={"input_text": "hello"})
+    running = await api.create_project()
+    await api.wait_status(running["project_id"], "building")
+
+    for project_id in (agent["project_id"], running["project_id"]):
+        deleted = await api.call("DELETE", f"/api/v1/projects/{project_id}")
+        assert deleted == {"project_id": project_id, "deleted": True}
+        missing = await api.call("GET", f"/api/v1/projects/{project_id}", expect=404)
+        assert missing["code"] == "RESOURCE_NOT_FOUND"
+    await wait_for(lambda: _not_running(app, running["latest_build_id"]), what="the run to end")
+    gone = await api.call("GET", f"/api/v1/agents/{agent['agent_id']}", expect=404)
+    assert gone["code"] == "RESOURCE_NOT_FOUND"
+    assert (await api.call("GET", "/api/v1/agents", params={"project_id": agent["project_id"]}))["count"] == 0
+    await api.wait_status(done_id, "completed")
+    overview = await api.call("GET", "/api/v1/statistics/overview")
+    assert overview["total_agents"] == 1  # only done_id's agent remains
+    assert overview["active_builds"] == 0
+    assert overview["total_invocations"] == 1  # history stays counted

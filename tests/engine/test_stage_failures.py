@@ -1,0 +1,67 @@
+"""A stage whose generated code does not compile, or whose model fails, fails the build clearly."""
+
+from typing import Any
+
+import pytest
+
+from api.providers.base import ModelProvider, ProviderError, StageOutput
+from api.providers.offline import OfflineProvider
+from tests.conftest import Api
+
+
+class ScriptedModel(OfflineProvider):
+    """Stands in for a hosted model that misbehaves at one step."""
+
+    def __init__(self, *, broken_step: str, how: str) -> None:
+        super().__init__(stage_delay_seconds=0)
+        self.broken_step = broken_step
+        self.how = how
+
+    async def run_stage(self, *, stage: str, requirement: str, context: dict[str, Any]) -> StageOutput:
+        output = await super().run_stage(stage=stage, requirement=requirement, context=context)
+        if stage != self.broken_step:
+            return output
+        if self.how == "raise":
+            raise ProviderError("model endpoint answered 500")
+        path = next(p for p in output.artifacts if p.endswith(".py"))
+        output.artifacts[path] = "def broken(:\n    pass\n"
+        return output
+
+
+@pytest.fixture
+def provider(request: pytest.FixtureRequest) -> ModelProvider:
+    return ScriptedModel(**request.param)
+
+
+@pytest.mark.parametrize("provider", [{"broken_step": "tool_developer", "how": "bad code"}], indirect=True)
+async def test_code_that_does_not_compile_fails_the_build(api: Api) -> None:
+    project_id = (await api.create_project())["project_id"]
+    failed = await api.wait_status(project_id, "failed")
+    error = failed["latest_build"]["error"]
+    assert error["stage"] == "agent_developer_manager"
+    assert error["code"] == "CODE_COMPILATION_FAILED"
+    assert error["message"].startswith("tools/") and "line 1" in error["message"]
+    stage = await api.call("GET", f"/api/v1/projects/{project_id}/stages/agent_developer_manager")
+    assert stage["status"] == "failed"
+    assert [s["status"] for s in stage["sub_stages"]] == ["failed", "pending", "pending"]
+    assert any(line["level"] == "ERROR" and "line 1" in line["message"] for line in stage["logs"])
+    # The broken code was never stored as an artifact, and no agent was registered.
+    artifacts = await api.call("GET", f"/api/v1/projects/{project_id}/artifacts")
+    assert not any(a["path"].startswith("tools/") for a in artifacts["items"])
+    assert (await api.call("GET", "/api/v1/agents", params={"project_id": project_id}))["count"] == 0
+    assert failed["progress"] < 100
+    daily = await api.call("GET", "/api/v1/statistics/builds")
+    assert daily[-1]["failed_builds"] == 1
+    assert daily[-1]["builds_by_stage"] == {"agent_developer_manager": 1}
+
+
+@pytest.mark.parametrize("provider", [{"broken_step": "system_architecture", "how": "raise"}], indirect=True)
+async def test_a_failing_model_fails_its_stage(api: Api) -> None:
+    project_id = (await api.create_project())["project_id"]
+    failed = await api.wait_status(project_id, "failed")
+    assert failed["latest_build"]["error"] == {
+        "stage": "system_architecture", "code": "PROVIDER_ERROR", "message": "model endpoint answered 500"}
+    statuses = [s["status"] for s in failed["stages_snapshot"]]
+    assert statuses == ["completed", "completed", "failed", "pending", "pending", "pending"]
+    overview = await api.call("GET", "/api/v1/statistics/overview")
+    assert (overview["failed_builds"], overview["success_rate"], overview["active_builds"]) == (1, 0.0, 0)
