@@ -5,13 +5,21 @@ import asyncio
 import sys
 
 import uvicorn
+from pydantic import ValidationError
 
 from api.config import get_settings
-from api.database.factory import create_store
+from api.database.factory import BackendUnavailable, create_store
+from api.providers.factory import ProviderUnavailable, create_provider
 
 
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     settings = get_settings()
+    # The app checks these at start-up too, but its log goes to files: say it on the terminal.
+    try:
+        create_provider(settings)
+        create_store(settings)
+    except (ProviderUnavailable, BackendUnavailable) as exc:
+        sys.exit(f"nexus-ai: {exc}")
     uvicorn.run(
         "api.main:app",
         host=host or settings.api_host,
@@ -40,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument("--workers", type=int, help="default: WORKERS")
     commands.add_parser("init-db", help="create or migrate the database, then exit")
     args = parser.parse_args(argv)
+    try:
+        get_settings()
+    except ValidationError as exc:
+        sys.exit(f"nexus-ai: invalid settings (environment or .env):\n{exc}")
     if args.command == "serve":
         serve(args.host, args.port, args.workers)
     else:
