@@ -103,11 +103,15 @@ class BuildRun:
                 raise BuildAbandoned("paused")
             await self._checkpoint()  # resumed or stopped meanwhile: look again
 
-    async def _log(self, stage: str, message: str, level: int = logging.INFO) -> None:
-        logger.log(level, message, extra={"stage": stage})
+    async def _log(self, stage: str, *messages: str, level: int = logging.INFO) -> None:
+        """Stage log lines: to the process log (with the build's context) and, in one write,
+        to the stage's stored log."""
+        timestamp = utc_now()
+        for message in messages:
+            logger.log(level, message, extra={"stage": stage})
         await self.store.append_build_logs(build_id=self.build_id, entries=[
-            {"stage": stage, "timestamp": utc_now(), "level": logging.getLevelName(level),
-             "message": message}])
+            {"stage": stage, "timestamp": timestamp, "level": logging.getLevelName(level),
+             "message": message} for message in messages])
 
     async def _work(self, stage: str, step: dict[str, Any]) -> None:
         """Run one stage or sub-stage (`step`) through the provider and keep its output."""
@@ -130,15 +134,13 @@ class BuildRun:
                  "stage": stage, "content": content, "size": len(content.encode()),
                  "created_at": created_at}
                 for path, content in output.artifacts.items()])
-        for line in output.logs:
-            await self._log(stage, line)
         self.context.update(output.context)
         seconds = time.perf_counter() - started
         metrics.record_stage(stage=step["name"], seconds=seconds)
         step["status"] = "completed"
         step["completed_at"] = utc_now()
         step["duration_seconds"] = round(seconds, 6)
-        await self._log(stage, f"{step['name']} completed in {seconds:.3f}s")
+        await self._log(stage, *output.logs, f"{step['name']} completed in {seconds:.3f}s")
 
     async def _register_agent(self) -> None:
         design = self.context["design"]
@@ -193,7 +195,7 @@ class BuildRun:
             for sub in running["sub_stages"]:
                 if sub["status"] == "running":
                     sub["status"] = "failed"
-            await self._log(running["name"], f"{running['name']} failed: {message}", logging.ERROR)
+            await self._log(running["name"], f"{running['name']} failed: {message}", level=logging.ERROR)
         await self._finish("failed", {"stage": stage_name, "code": code, "message": message})
 
 
