@@ -264,7 +264,7 @@ class BuildEngine:
 
     async def _claim_free_slots(self) -> None:
         free = self.max_concurrent_builds - len(self._runs)
-        if free <= 0:
+        if free <= 0 or not self.accepting:
             return
         for build in await self.store.list_claimable_builds(now=utc_now(), limit=free):
             claimed = await self.store.claim_build(
@@ -291,7 +291,7 @@ class BuildEngine:
     async def _run(self, build_id: str) -> None:
         try:
             build = await self.store.get_build(build_id=build_id)
-            project = build and await self.store.get_project(project_id=build["project_id"])
+            project = await self.store.get_project(project_id=build["project_id"]) if build else None
             if build is None or project is None:
                 return
             bind(request_id=build["request_id"], build_id=build_id,

@@ -63,6 +63,7 @@ class TracingMiddleware:
         token = request_id_var.set(request_id)
         path = scope["path"]
         counted = not metrics.is_excluded(path)
+        probe = path == "/health" or path.startswith("/health/")
         status = 500  # what the client gets if the app ends without answering
         response_started = False
 
@@ -95,7 +96,8 @@ class TracingMiddleware:
                 metrics.http_requests_in_progress.dec()
                 metrics.record_request(method=scope["method"], route=route, status=status,
                                        seconds=duration)
-            if counted or status >= 400 or self.log_health_requests:
+            # A probe every few seconds would drown the access log; failing probes still show.
+            if not probe or status >= 400 or self.log_health_requests:
                 client = scope.get("client")
                 access_logger.info("Request completed", extra={
                     "request_id": request_id,

@@ -161,30 +161,39 @@ _REOPEN = object()
 
 
 class _Writer(threading.Thread):
-    """The only thread that touches the log files."""
+    """The only thread that touches the log files, until `write_directly()`.
+
+    It is the QueueHandler's queue: `put_nowait` hands it a line.
+    """
 
     def __init__(self, sinks: list[_LogFile | _Stream]) -> None:
         super().__init__(name="log-writer", daemon=True)
         self.sinks = sinks
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.direct = False
+        self.lock = threading.Lock()
+
+    def put_nowait(self, item: Any) -> None:
+        if self.direct:
+            with self.lock:
+                self._handle(item)
+        else:
+            self.queue.put_nowait(item)
 
     def run(self) -> None:
-        while True:
-            item = self.queue.get()
-            if item is _STOP:
-                break
-            if item is _REOPEN:
-                for sink in self.sinks:
-                    sink.close()
-            elif isinstance(item, threading.Event):
-                item.set()
-            else:
-                name, data = item
-                for sink in self.sinks:
-                    if sink.accepts(name):
-                        self._write(sink, data)
-        for sink in self.sinks:
-            sink.close()
+        while (item := self.queue.get()) is not _STOP:
+            with self.lock:
+                self._handle(item)
+
+    def _handle(self, item: Any) -> None:
+        if item is _REOPEN:
+            for sink in self.sinks:
+                sink.close()
+        else:
+            name, data = item
+            for sink in self.sinks:
+                if sink.accepts(name):
+                    self._write(sink, data)
 
     @staticmethod
     def _write(sink: _LogFile | _Stream, data: bytes) -> None:
@@ -195,14 +204,20 @@ class _Writer(threading.Thread):
             sys.stderr.write(json.dumps({"level": "ERROR", "logger": __name__,
                                          "message": f"Cannot write log line: {exc}"}) + "\n")
 
-    def flush(self, timeout: float) -> bool:
-        done = threading.Event()
-        self.queue.put(done)
-        return done.wait(timeout)
+    def write_directly(self, timeout: float) -> None:
+        """Drain the queue, then write each later line in the thread that logs it."""
+        if not self.direct:
+            # Lines put from now on are written directly, under the lock the thread also
+            # takes; the queue holds only earlier ones, which the thread writes before _STOP.
+            self.direct = True
+            self.queue.put(_STOP)
+            self.join(timeout)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self.queue.put(_STOP)
-        self.join(timeout)
+    def stop(self, timeout: float) -> None:
+        self.write_directly(timeout)
+        with self.lock:
+            for sink in self.sinks:
+                sink.close()
 
 
 _writer: _Writer | None = None
@@ -231,10 +246,10 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     if _writer is not None:
         root.removeHandler(_handler)
-        _writer.stop()
+        _writer.stop(timeout=5.0)
     _writer = _Writer(_sinks(settings))
     _writer.start()
-    _handler = _JsonQueueHandler(_writer.queue)  # type: ignore[arg-type]
+    _handler = _JsonQueueHandler(_writer)  # type: ignore[arg-type]
     _handler.setFormatter(JsonFormatter())
     root.addHandler(_handler)
     root.setLevel(logging.DEBUG if settings.debug else settings.log_level)
@@ -250,13 +265,11 @@ def configure_logging(settings: Settings) -> None:
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(root.level, logging.WARNING))
     logging.captureWarnings(True)
-    sys.excepthook = _log_uncaught
-    threading.excepthook = _log_uncaught_in_thread
-
-    if settings.debug and settings.environment == "production":
-        logging.getLogger(__name__).warning(
-            "DEBUG=true with ENVIRONMENT=production: error responses include exception details "
-            "and tracebacks, and DEBUG lines are logged")
+    # Uncaught exceptions would print plain tracebacks; a harness's own hooks (pytest's) stay.
+    if sys.excepthook is sys.__excepthook__:
+        sys.excepthook = _log_uncaught
+    if threading.excepthook is threading.__excepthook__:
+        threading.excepthook = _log_uncaught_in_thread
 
 
 def reopen_log_files() -> None:
@@ -265,9 +278,14 @@ def reopen_log_files() -> None:
         _writer.queue.put(_REOPEN)
 
 
-def flush_logs(timeout: float = 5.0) -> bool:
-    """Wait until every line logged so far is written."""
-    return _writer.flush(timeout) if _writer is not None else True
+def write_logs_directly(timeout: float = 5.0) -> None:
+    """At shutdown: write what is queued, then every later line as it is logged.
+
+    uvicorn ends a signalled server by raising the signal again with its default action,
+    which kills the process before atexit handlers run; a line still queued then is lost.
+    """
+    if _writer is not None:
+        _writer.write_directly(timeout)
 
 
 def _log_uncaught(exc_type: type[BaseException], exc: BaseException, tb: Any) -> None:
@@ -283,7 +301,7 @@ def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
 
 @atexit.register
 def _drain_at_exit() -> None:
-    # Lines logged during interpreter shutdown (uvicorn's "Finished server process") still
-    # reach the file: atexit runs before daemon threads are stopped.
+    # A process that exits without the app's shutdown (a CLI, a failed start) still writes
+    # every line: atexit runs before daemon threads are stopped.
     if _writer is not None:
-        _writer.stop()
+        _writer.stop(timeout=5.0)
