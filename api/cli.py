@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from api.config import get_settings
 from api.database.factory import BackendUnavailable, create_store
+from api.observability.setup import configure_logging
 from api.providers.factory import ProviderUnavailable, create_provider
 
 
@@ -20,6 +21,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         create_store(settings)
     except (ProviderUnavailable, BackendUnavailable) as exc:
         sys.exit(f"nexus-ai: {exc}")
+    # With several workers this process is uvicorn's supervisor, which never imports the
+    # app: its own lines (worker starts and deaths) need the JSON logging too.
+    configure_logging(settings)
     uvicorn.run(
         "api.main:app",
         host=host or settings.api_host,

@@ -29,6 +29,15 @@ class Settings(BaseSettings):
     storage_backend: Literal["sqlite", "dynamodb"] = "sqlite"
     slow_query_threshold_seconds: float = Field(default=1.0, ge=0)
 
+    # DynamoDB: region and credentials also come from the standard AWS chain
+    # (AWS_REGION / AWS_DEFAULT_REGION, AWS_PROFILE, instance roles, ...).
+    dynamodb_region: str | None = None
+    dynamodb_endpoint_url: str | None = None
+    dynamodb_table_prefix: str = "nexus_ai_"
+    dynamodb_connect_timeout_seconds: float = Field(default=2.0, gt=0)
+    dynamodb_read_timeout_seconds: float = Field(default=5.0, gt=0)
+    dynamodb_max_attempts: int = Field(default=5, ge=1)
+
     model_provider: Literal["offline", "openai", "bedrock"] = "offline"
     offline_stage_delay_seconds: float = Field(default=0.2, ge=0)
     max_concurrent_builds: int = Field(default=4, ge=1)
