@@ -5,17 +5,14 @@ Alertmanager for the inhibition), the alert rules' and dashboard's metric names 
 exposition of the app, the Grafana dashboard's structure, the systemd unit (systemd-analyze),
 the Kubernetes manifests (the Kubernetes API schemas) and the Dockerfile (hadolint).
 
-A missing tool skips its tests on a developer's machine and fails them in CI (CI=true).
+A missing tool skips its tests on a developer's machine and fails them in CI (tests/tooling.py).
 """
 
 import importlib
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -23,11 +20,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.database.store import FINAL_BUILD_STATUSES
 from tests.conftest import Api
+from tests.tooling import missing, tool
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
@@ -45,21 +42,6 @@ EXTRA_ALERTS = ("InstanceDown", "HighRequestLatency", "ErrorBudgetBurn", "Builds
 
 
 # -- tools -------------------------------------------------------------------------------------
-def missing(what: str, install: str) -> None:
-    message = f"{what} is not installed ({install})"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message}: CI must install it")
-    pytest.skip(message)
-
-
-def tool(name: str, install: str) -> str:
-    # Tools installed with pip land next to the interpreter, which may not be on PATH.
-    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if path is None:
-        missing(name, install)
-    return path
-
-
 def module(name: str, install: str) -> ModuleType:
     try:
         return importlib.import_module(name)
