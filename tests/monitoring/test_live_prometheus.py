@@ -1,0 +1,160 @@
+"""Every dashboard query and alert expression, executed by a real Prometheus scraping a real
+server that has served traffic, builds and invocations (failures included).
+
+Grafana cannot be installed here; running its queries through Prometheus' HTTP API is how we
+know the dashboard shows data rather than "No data".
+"""
+
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.conftest import OTHER_REQUIREMENT, REQUIREMENT, ServerProcess, free_port
+from tests.tooling import tool
+
+ROOT = Path(__file__).resolve().parents[2]
+GUIDE_PANELS = ("Request rate", "Response time (p50, p95, p99)", "Error rate", "Active builds",
+                "Agent invocations")
+# What Grafana would put in for the dashboard's variables.
+VARIABLES = {"$job": "nexus-ai-api", "$instance": ".+", "$__rate_interval": "1m"}
+
+
+def _poll(check: Any, *, timeout: float = 60.0, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _drive_traffic(base: str) -> None:
+    """Successes and failures of every kind the dashboard and alerts look at."""
+    with httpx.Client(base_url=base, timeout=10) as client:
+        projects = [client.post("/api/v1/projects", json={"requirement": requirement}).json()["data"]
+                    for requirement in (REQUIREMENT, OTHER_REQUIREMENT, REQUIREMENT)]
+        stopped = projects[2]["project_id"]
+        assert client.put(f"/api/v1/projects/{stopped}/control", json={"action": "stop"}).status_code == 200
+        for project in projects[:2]:
+            _poll(lambda: client.get(f"/api/v1/projects/{project['project_id']}").json()["data"]["status"]
+                  == "completed", what="a build to complete")
+        agents = client.get("/api/v1/agents").json()["data"]["items"]
+        for number in range(10):
+            answer = client.post(f"/api/v1/agents/{agents[number % 2]['agent_id']}/invoke",
+                                 json={"input_text": f"request {number}"})
+            assert answer.status_code == 200
+        offline = agents[1]["agent_id"]
+        client.put(f"/api/v1/agents/{offline}/status", json={"status": "offline"})
+        assert client.post(f"/api/v1/agents/{offline}/invoke", json={"input_text": "x"}).status_code == 409
+        assert client.get("/api/v1/projects/proj_000000000000").status_code == 404
+        assert client.post("/api/v1/projects", json={"requirement": "short"}).status_code == 400
+        assert client.get("/no/such/route").status_code == 404
+        for _ in range(20):
+            client.get("/api/v1/projects")
+            client.get("/api/v1/statistics/overview")
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, server_factory: Any) -> Iterator[tuple[str, ServerProcess]]:
+    binary = tool("prometheus", "apt-get install prometheus")
+    server = server_factory(OFFLINE_STAGE_DELAY_SECONDS="0.02")
+    _drive_traffic(server.base_url)
+
+    # The shipped configuration and rules, pointed at the test server and sped up.
+    config = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config.pop("alerting")
+    config["rule_files"] = [str(ROOT / "monitoring" / "alert-rules.yml")]
+    job = config["scrape_configs"][0]
+    job["scrape_interval"] = "1s"
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{server.port}"]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    port = free_port()
+    log = open(tmp_path / "prometheus.log", "wb")
+    process = subprocess.Popen(
+        [binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # rate() needs two samples inside its window; a few scrapes give them.
+        _poll(lambda: _samples(url, 'up{job="nexus-ai-api"}') >= 5, what="Prometheus to scrape")
+        yield url, server
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
+
+
+def _query(url: str, expr: str) -> list[dict[str, Any]]:
+    response = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert response["status"] == "success", (expr, response)
+    return response["data"]["result"]
+
+
+def _samples(url: str, selector: str) -> int:
+    try:
+        result = _query(url, f"count_over_time({selector}[1m])")
+    except (httpx.TransportError, ValueError):  # not listening yet, or still starting up
+        return 0
+    return int(float(result[0]["value"][1])) if result else 0
+
+
+def _dashboard_queries() -> list[tuple[str, str]]:
+    dashboard = json.loads((ROOT / "monitoring" / "grafana-dashboard.json").read_text())
+    queries = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for name, value in VARIABLES.items():
+                expr = expr.replace(name, value)
+            queries.append((panel["title"], expr))
+    return queries
+
+
+def _alert_rules() -> list[dict[str, Any]]:
+    rules = yaml.safe_load((ROOT / "monitoring" / "alert-rules.yml").read_text())
+    return [rule for group in rules["groups"] for rule in group["rules"]]
+
+
+def test_every_dashboard_query_and_alert_evaluates_and_the_guide_panels_show_data(
+        prometheus: tuple[str, ServerProcess]) -> None:
+    url, _ = prometheus
+    panels_with_data = set()
+    for title, expr in _dashboard_queries():
+        if _query(url, expr):
+            panels_with_data.add(title)
+    missing = [title for title in GUIDE_PANELS if title not in panels_with_data]
+    assert not missing, f"guide panels without data: {missing}"
+
+    for rule in _alert_rules():
+        _query(url, rule["expr"])
+
+    # Prometheus' own evaluation of the rule files: every rule healthy, none firing on a
+    # healthy service.
+    def evaluated() -> list[dict[str, Any]] | None:
+        groups = httpx.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        rules = [rule for group in groups for rule in group["rules"]]
+        return rules if all(rule.get("lastEvaluation", "").startswith("20") for rule in rules) else None
+
+    rules = _poll(evaluated, what="rule evaluation")
+    assert {rule["name"] for rule in rules} == {rule["alert"] for rule in _alert_rules()}
+    assert [(rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"] == []
+    assert [rule["name"] for rule in rules if rule["state"] != "inactive"] == []
+
+
+def test_database_alert_fires_when_the_database_is_gone(prometheus: tuple[str, ServerProcess]) -> None:
+    url, server = prometheus
+    (server.workdir / "data" / "nexus-ai.db").rename(server.workdir / "data" / "moved.db")
+    _poll(lambda: _query(url, 'database_up{job="nexus-ai-api"} == 0'), what="database_up to drop")
+    rule = next(r for r in _alert_rules() if r["alert"] == "DatabaseConnectionFailure")
+    assert _query(url, rule["expr"]), "the alert expression must hold while the database is down"
