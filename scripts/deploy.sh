@@ -163,6 +163,7 @@ stop() {
     echo "Nexus-AI API did not stop within ${STOP_TIMEOUT}s; sending SIGKILL" >&2
     pkill -KILL -P "$p" 2>/dev/null || true
     kill -KILL "$p" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
   fi
   rm -f "$PID_FILE"
   echo "Nexus-AI API stopped (pid $p)"

@@ -7,6 +7,7 @@ with its own connection (WAL lets them read while the writer writes).
 """
 
 import asyncio
+import fcntl
 import json
 import os
 import sqlite3
@@ -233,19 +234,22 @@ class SQLiteStore(Store):
     def _open_writer(self) -> None:
         conn = self._writer_connection = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
         migrations = sorted(
             (entry for entry in resources.files("api.database.migrations.sqlite").iterdir()
              if entry.name.endswith(".sql")),
             key=lambda entry: entry.name,
         )
-        for number, migration in enumerate(migrations, start=1):
-            if number > version:
-                # executescript commits first, so the migration runs in its own explicit
-                # transaction together with the version bump.
-                conn.executescript(
-                    f"BEGIN IMMEDIATE; {migration.read_text()}; PRAGMA user_version = {number}; COMMIT;"
-                )
+        # Several worker processes open the same file at once: one migrates, the others wait
+        # on the lock and then find the schema current. (The version must be read under the
+        # lock; executescript cannot run inside a transaction we opened to guard it.)
+        with open(self.path.with_name(self.path.name + ".migrate.lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, migration in enumerate(migrations, start=1):
+                if number > version:
+                    conn.executescript(
+                        f"BEGIN IMMEDIATE; {migration.read_text()}; PRAGMA user_version = {number}; COMMIT;"
+                    )
         self._inode = os.stat(self.path).st_ino
 
     async def close(self) -> None:
