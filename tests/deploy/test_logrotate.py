@@ -1,0 +1,78 @@
+"""The shipped logrotate policy, run by the real logrotate while requests flow: no line lost,
+new lines in the new file."""
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import REPO
+from tests.deploy.conftest import DEPLOY, Deployment
+from tests.tooling import tool
+
+
+def _access_ids(files: list[Path]) -> list[str]:
+    ids = []
+    for path in files:
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if record["message"] == "Request completed" and record["request_id"].startswith("rot-"):
+                ids.append(record["request_id"])
+    return ids
+
+
+def test_forced_rotation_under_steady_requests_loses_no_line(deployment: Deployment) -> None:
+    logrotate = tool("logrotate", "apt-get install logrotate")
+    assert deployment.run("start").returncode == 0
+    policy = (REPO / "deploy" / "logrotate" / "nexus-ai").read_text()
+    config = deployment.root / "logrotate.conf"
+    config.write_text(policy.replace("/opt/nexus-ai/logs", str(deployment.logs))
+                      .replace("/opt/nexus-ai/scripts/deploy.sh", str(DEPLOY)))
+    name = "access.log" if deployment.env["ENVIRONMENT"] == "production" else "api.log"
+
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def steady_requests() -> None:
+        with httpx.Client(base_url=deployment.base_url, timeout=10) as client:
+            number = 0
+            while not stop.is_set() and number < 2000:
+                request_id = f"rot-{number}"
+                if client.get("/api/v1/projects", headers={"X-Request-ID": request_id}).status_code == 200:
+                    answered.append(request_id)
+                number += 1
+
+    sender = threading.Thread(target=steady_requests)
+    sender.start()
+    try:
+        _wait(lambda: len(answered) >= 50, "requests before the rotation")
+        rotated = subprocess.run([logrotate, "--force", "--state", str(deployment.root / "state"), str(config)],
+                                 env=deployment.env, capture_output=True, text=True, timeout=60)
+        assert rotated.returncode == 0, rotated.stderr
+        at_rotation = len(answered)
+        _wait(lambda: len(answered) >= at_rotation + 50, "requests after the rotation")
+    finally:
+        stop.set()
+        sender.join()
+
+    current, previous = deployment.logs / name, deployment.logs / f"{name}.1"
+    assert previous.exists(), sorted(p.name for p in deployment.logs.iterdir())
+    # Lines are written by a background thread: wait until the last answered request is there.
+    _wait(lambda: answered[-1] in _access_ids([current]), "the last request's line")
+    logged = _access_ids([previous, current])
+    assert sorted(logged) == sorted(answered), "every answered request has exactly one line"
+    assert _access_ids([current]), "new lines go to the new file"
+    assert _access_ids([previous]), "earlier lines stay in the rotated file"
+    assert deployment.run("status").returncode == 0
+
+
+def _wait(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
