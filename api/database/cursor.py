@@ -20,7 +20,13 @@ def decode(cursor: str, *, size: int) -> list[Any]:
         position = json.loads(raw)
     except (binascii.Error, ValueError) as exc:
         raise InvalidCursor("last_key is not a cursor returned by this API") from exc
-    if (not isinstance(position, list) or len(position) != size
-            or not all(isinstance(value, (str, int, float)) for value in position)):
+    if not isinstance(position, list) or len(position) != size or not all(map(_storable, position)):
         raise InvalidCursor("last_key is not a cursor returned by this API")
     return position
+
+
+def _storable(value: Any) -> bool:
+    """Positions are ids, timestamps and sequence numbers: strings and 64-bit integers."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, str) or (isinstance(value, int) and -(2**63) <= value < 2**63)
