@@ -19,6 +19,10 @@ from api.config import Settings
 from api.main import create_app
 from api.providers.base import ModelProvider
 
+# botocore's credential chain would otherwise ask the EC2 metadata address (169.254.169.254)
+# from every health check; tests and the servers they start talk to loopback only.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
 

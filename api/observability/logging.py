@@ -8,6 +8,7 @@ was moved or deleted (logrotate with `create`) or when asked to (SIGHUP).
 """
 
 import atexit
+import functools
 import json
 import logging
 import os
@@ -45,24 +46,37 @@ _SECRET_TEXT = (
     (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.I), rf"\1 {MASK}"),
     (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), f"sk-{MASK}"),
     (re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"), MASK),
-    # key=value, key: value, "key": "value"; token *counts* (max_tokens=100) are left alone.
+    # key=value, key: value, "key": "value" (aws_secret_access_key=..., X-Api-Key: ...);
+    # token *counts* (max_tokens=100) are left alone.
     (re.compile(
-        r"""([\w-]*(?:secret|password|passwd|api[-_]?key|token|authorization|signature)[\w-]*"""
+        r"""((?:secret|password|passwd|api[-_]?key|token|authorization|signature)[\w-]*"""
         r"""["']?\s*[:=]\s*["']?)(?!\d+\b)(?:(?:Bearer|Basic)\s+)?[^\s"',;&}]+""", re.I),
      rf"\1{MASK}"),
     (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), rf"\1{MASK}@"),
 )
+# Substrings without which none of the patterns above can match: most text (every access
+# line) is ruled out by these cheap checks, and the patterns never run on it.
+_TRIGGERS = ("bearer", "basic", "sk-", "akia", "asia", "secret", "passw", "key", "token",
+             "authoriz", "signature", "://")
 
 
 def redact_text(text: str) -> str:
+    lowered = text.lower()
+    if not any(trigger in lowered for trigger in _TRIGGERS):
+        return text
     for pattern, replacement in _SECRET_TEXT:
         text = pattern.sub(replacement, text)
     return text
 
 
+@functools.lru_cache(maxsize=4096)
+def _names_a_secret(key: str) -> bool:
+    return _SECRET_KEY.search(key) is not None
+
+
 def redact(key: str, value: Any) -> Any:
     """Mask `value` when its key names a secret; look inside strings and containers otherwise."""
-    if _SECRET_KEY.search(key) and not isinstance(value, (int, float)):
+    if _names_a_secret(key) and not isinstance(value, (int, float)):
         return MASK
     if isinstance(value, str):
         return redact_text(value)
@@ -103,7 +117,7 @@ class _JsonQueueHandler(QueueHandler):
 
 # -- writing -----------------------------------------------------------------------------------
 class _LogFile:
-    """Appends lines to one file, reopening it when it was moved or deleted, or on request."""
+    """Appends lines to one file, reopening it when it was moved or deleted, or after close()."""
 
     def __init__(self, path: Path, accepts: Callable[[str], bool]) -> None:
         self.path = path
@@ -113,7 +127,7 @@ class _LogFile:
 
     def write(self, data: bytes) -> None:
         if self._fd is None or self._moved():
-            self.reopen()
+            self._open()
         assert self._fd is not None
         while data:
             data = data[os.write(self._fd, data):]
@@ -125,7 +139,7 @@ class _LogFile:
             return True
         return (stat.st_dev, stat.st_ino) != self._identity
 
-    def reopen(self) -> None:
+    def _open(self) -> None:
         self.close()
         # 0640 as in the guide's logrotate `create 0640`.
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -149,9 +163,6 @@ class _Stream:
         self.stream.write(data.decode())
         self.stream.flush()
 
-    def reopen(self) -> None:
-        pass
-
     def close(self) -> None:
         pass
 
@@ -171,14 +182,16 @@ class _Writer(threading.Thread):
         self.sinks = sinks
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.direct = False
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # held while writing
+        self._switching = threading.Lock()  # held only to read or flip `direct`: never blocks
 
     def put_nowait(self, item: Any) -> None:
-        if self.direct:
-            with self.lock:
-                self._handle(item)
-        else:
-            self.queue.put_nowait(item)
+        with self._switching:
+            if not self.direct:
+                self.queue.put_nowait(item)
+                return
+        with self.lock:
+            self._handle(item)
 
     def run(self) -> None:
         while (item := self.queue.get()) is not _STOP:
@@ -206,12 +219,13 @@ class _Writer(threading.Thread):
 
     def write_directly(self, timeout: float) -> None:
         """Drain the queue, then write each later line in the thread that logs it."""
-        if not self.direct:
-            # Lines put from now on are written directly, under the lock the thread also
-            # takes; the queue holds only earlier ones, which the thread writes before _STOP.
+        with self._switching:
+            if self.direct:
+                return
+            # Every earlier line is queued before _STOP, and the thread writes it.
             self.direct = True
-            self.queue.put(_STOP)
-            self.join(timeout)
+            self.queue.put_nowait(_STOP)
+        self.join(timeout)
 
     def stop(self, timeout: float) -> None:
         self.write_directly(timeout)
@@ -264,6 +278,8 @@ def configure_logging(settings: Settings) -> None:
         uvicorn_logger.propagate = name != "uvicorn.access"
     for name in _QUIET_LOGGERS:
         logging.getLogger(name).setLevel(max(root.level, logging.WARNING))
+    # Off then on: captures again even if something (a test harness) reset showwarning since.
+    logging.captureWarnings(False)
     logging.captureWarnings(True)
     # Uncaught exceptions would print plain tracebacks; a harness's own hooks (pytest's) stay.
     if sys.excepthook is sys.__excepthook__:
@@ -273,9 +289,10 @@ def configure_logging(settings: Settings) -> None:
 
 
 def reopen_log_files() -> None:
-    """Reopen every log file on the next line (after logrotate moved them); signal-safe."""
+    """Reopen every log file at its next line (logrotate moved them). For a SIGHUP handler
+    installed with loop.add_signal_handler, which runs it as an ordinary callback."""
     if _writer is not None:
-        _writer.queue.put(_REOPEN)
+        _writer.put_nowait(_REOPEN)
 
 
 def write_logs_directly(timeout: float = 5.0) -> None:
