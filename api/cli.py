@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from api.config import get_settings
 from api.database.factory import BackendUnavailable, create_store
-from api.observability.setup import configure_logging
+from api.observability.setup import prepare_server
 from api.providers.factory import ProviderUnavailable, create_provider
 
 
@@ -21,17 +21,15 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         create_store(settings)
     except (ProviderUnavailable, BackendUnavailable) as exc:
         sys.exit(f"nexus-ai: {exc}")
-    # With several workers this process is uvicorn's supervisor, which never imports the
-    # app: its own lines (worker starts and deaths) need the JSON logging too.
-    configure_logging(settings)
     uvicorn.run(
         "api.main:app",
         host=host or settings.api_host,
         port=port or settings.api_port,
         workers=workers or settings.workers,
-        # Our logging configuration (JSON lines) handles uvicorn's loggers too.
-        log_config=None,
         timeout_graceful_shutdown=30,
+        # JSON logging in this process too (with several workers it is uvicorn's supervisor,
+        # which never imports the app) and an empty multiprocess metrics directory.
+        **prepare_server(settings),
     )
 
 

@@ -80,12 +80,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        app.state.draining = True
-        await engine.shutdown()
-        await api_calls.stop()
-        await store.close()
-        logger.info("Nexus-AI Platform API stopped")
-        await observability.stop(app)
+        try:
+            app.state.draining = True
+            await engine.shutdown()
+            await api_calls.stop()
+            await store.close()
+            logger.info("Nexus-AI Platform API stopped")
+        finally:
+            # uvicorn re-raises SIGTERM after shutdown, so atexit never runs: the log queue
+            # must be written out here whatever failed above.
+            await observability.stop(app)
 
 
 def create_app(settings: Settings | None = None, *, provider: ModelProvider | None = None) -> FastAPI:
@@ -99,12 +103,13 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
     app.state.provider = provider
     app.state.draining = False
     register_error_handlers(app)
+    observability.include_routes(app)
     v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(count_api_call)])
     for module in (projects, agents, sessions, statistics):
         v1.include_router(module.router)
     app.include_router(v1)
     app.add_middleware(BodySizeLimitMiddleware)
-    observability.instrument(app, settings)
+    observability.add_tracing(app, settings)
     return app
 
 

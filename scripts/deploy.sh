@@ -113,9 +113,8 @@ start() {
   mkdir -p "$LOG_DIR"
   if [ "$ENVIRONMENT" = "production" ]; then
     workers=${WORKERS:-$(nproc)}
+    # The service empties it at start: files of an earlier run would be summed into its metrics.
     export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$ROOT/prometheus-multiproc}
-    # Files left by an earlier run would be summed into the new run's metrics.
-    rm -rf "$PROMETHEUS_MULTIPROC_DIR"
     mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
   else
     workers=1

@@ -170,12 +170,15 @@ class BuildRun:
                 stage["status"] = "completed"
                 stage["completed_at"] = utc_now()
                 stage["duration_seconds"] = round(_seconds_between(stage["started_at"], stage["completed_at"]), 6)
+                metrics.record_stage(stage=stage["name"], seconds=stage["duration_seconds"])
             else:
                 await self._work(stage["name"], stage)
-            if stage["name"] == "agent_deployer":
+            if stage is self.stages[-1]:
+                # Progress reaches 100 in the same write that marks the build succeeded.
                 await self._register_agent()
-            await self._save()
-        await self._finish("succeeded")
+                await self._finish("succeeded")
+            else:
+                await self._save()
 
     async def _finish(self, status: str, error: dict[str, str] | None = None) -> None:
         finished_at = utc_now()

@@ -20,11 +20,16 @@ def configure_logging(settings: Settings) -> None:
     json_logging.configure_logging(settings)
 
 
-def instrument(app: FastAPI, settings: Settings) -> None:
-    # Added last, so it is the outermost of the app's middleware and sees every response.
-    app.add_middleware(TracingMiddleware, settings=settings)
+def include_routes(app: FastAPI) -> None:
+    """The probes and /metrics; include them before the API so that probes match first."""
     app.include_router(health.router)
     app.include_router(metrics_router.router)
+
+
+def add_tracing(app: FastAPI, settings: Settings) -> None:
+    """Call after every other add_middleware: the last added is the outermost, and tracing
+    must see every response (including the body limit's 413) to stamp its headers."""
+    app.add_middleware(TracingMiddleware, settings=settings)
 
 
 async def start(app: FastAPI) -> None:
