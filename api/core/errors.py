@@ -27,8 +27,9 @@ class InvalidState(ApiError):
 class ValidationFailed(ApiError):
     code = "VALIDATION_ERROR"
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"Invalid {field}: {message}", details=[{"field": field, "message": message}])
+    def __init__(self, field: str, message: str, *, location: str = "query") -> None:
+        super().__init__(f"Invalid {field}: {message}", details=[
+            {"field": field, "location": location, "message": message, "type": "value_error"}])
 
 
 class InvocationFailed(ApiError):

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.core.envelope import error_response
 from api.core.errors import ApiError
@@ -18,13 +19,25 @@ HTTP_STATUS_CODES = {404: "RESOURCE_NOT_FOUND", 405: "METHOD_NOT_ALLOWED", 413: 
                      429: "RATE_LIMIT_EXCEEDED", 503: "SERVICE_UNAVAILABLE", 400: "VALIDATION_ERROR"}
 
 
-def _field_name(location: tuple[Any, ...]) -> str:
-    # ("body", "tags", 3) -> "tags[3]"; ("query", "limit") -> "limit"
+def _field_name(error: dict[str, Any]) -> str:
+    """("body", "tags", 3) -> "tags[3]"; ("query", "limit") -> "limit"; a body that is not
+    JSON at all -> "body" (pydantic puts the character offset where a field would be)."""
+    location = tuple(error["loc"])
+    if error["type"] == "json_invalid":
+        return "body"
     parts = [str(part) for part in location[1:]] or [str(part) for part in location]
     name = ""
     for part in parts:
         name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)
     return name
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    return ", ".join(
+        method for method in ("GET", "POST", "PUT", "PATCH", "DELETE")
+        if any(route.matches({**request.scope, "method": method})[0] is Match.FULL
+               for route in request.app.router.routes))
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -33,7 +46,7 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     details = [
-        {"field": _field_name(tuple(error["loc"])), "location": str(error["loc"][0]),
+        {"field": _field_name(error), "location": str(error["loc"][0]),
          "message": error["msg"], "type": error["type"]}
         for error in exc.errors()
     ]
@@ -43,18 +56,23 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = HTTP_STATUS_CODES.get(exc.status_code, "INTERNAL_ERROR")
+    headers, details = getattr(exc, "headers", None), None
     if exc.status_code == 404:
         message = f"No route matches {request.method} {request.url.path}"
     elif exc.status_code == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}"
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
     else:
         message = str(exc.detail)
-    return error_response(code, message, headers=getattr(exc, "headers", None))
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it could not decode at all (not UTF-8, nested too deep).
+        details = [{"field": "body", "location": "body", "message": message, "type": "body_unreadable"}]
+    return error_response(code, message, details=details, headers=headers)
 
 
 async def _invalid_cursor(request: Request, exc: InvalidCursor) -> JSONResponse:
-    return error_response("VALIDATION_ERROR", str(exc),
-                          details=[{"field": "last_key", "location": "query", "message": str(exc)}])
+    return error_response("VALIDATION_ERROR", str(exc), details=[
+        {"field": "last_key", "location": "query", "message": str(exc), "type": "invalid_cursor"}])
 
 
 async def _store_error(request: Request, exc: StoreError) -> JSONResponse:

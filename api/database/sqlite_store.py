@@ -156,6 +156,10 @@ def _mirror_on_project(conn: sqlite3.Connection, build: Record) -> None:
     )
 
 
+def _build_exists(conn: sqlite3.Connection, build_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM builds WHERE build_id = ?", (build_id,)).fetchone() is not None
+
+
 def _claimable_condition() -> str:
     return (
         "((status IN ('queued', 'running') AND owner IS NULL) OR "
@@ -414,6 +418,8 @@ class SQLiteStore(Store):
 
     async def append_build_logs(self, *, build_id: str, entries: list[Record]) -> None:
         def work(conn: sqlite3.Connection) -> None:
+            if not _build_exists(conn, build_id):
+                return
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM build_logs WHERE build_id = ?",
                                (build_id,)).fetchone()[0]
             conn.executemany(
@@ -431,6 +437,8 @@ class SQLiteStore(Store):
 
     async def put_artifacts(self, *, artifacts: list[Record]) -> None:
         def work(conn: sqlite3.Connection) -> None:
+            if not all(_build_exists(conn, build_id) for build_id in {a["build_id"] for a in artifacts}):
+                return
             conn.executemany(
                 "INSERT INTO artifacts (project_id, path, build_id, stage, content, size, created_at) "
                 "VALUES (:project_id, :path, :build_id, :stage, :content, :size, :created_at) "
@@ -451,8 +459,12 @@ class SQLiteStore(Store):
             (project_id, path)).fetchone()))
 
     # -- agents ----------------------------------------------------------------------------
-    async def put_agent(self, *, agent: Record) -> None:
-        def work(conn: sqlite3.Connection) -> None:
+    async def put_agent(self, *, agent: Record, expect_owner: str | None = None) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            if expect_owner is not None and conn.execute(
+                    "SELECT 1 FROM builds WHERE build_id = ? AND owner = ? AND status IN ('running', 'paused')",
+                    (agent["build_id"], expect_owner)).fetchone() is None:
+                return False
             existing = conn.execute("SELECT status, created_at FROM agents WHERE agent_id = ?",
                                     (agent["agent_id"],)).fetchone()
             if existing is None:
@@ -468,8 +480,9 @@ class SQLiteStore(Store):
                 created_at = existing["created_at"]
             _adjust_agent_count(conn, agent["status"], 1)
             self._index_capabilities(conn, agent["agent_id"], created_at, agent["capabilities"])
+            return True
 
-        await self._write("put_agent", work)
+        return await self._write("put_agent", work)
 
     @staticmethod
     def _index_capabilities(conn: sqlite3.Connection, agent_id: str, created_at: str,

@@ -191,7 +191,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def append_build_logs(self, *, build_id: str, entries: list[Record]) -> None:
-        """Entries: stage, timestamp, level, message."""
+        """Entries: stage, timestamp, level, message. Nothing is written for a build that no
+        longer exists (its project was deleted while the stage ran)."""
 
     @abc.abstractmethod
     async def list_build_logs(self, *, build_id: str, stage: str) -> list[Record]: ...
@@ -199,7 +200,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def put_artifacts(self, *, artifacts: list[Record]) -> None:
         """Upsert by (project_id, path). Keys: project_id, build_id, path, stage, content,
-        size, created_at."""
+        size, created_at. Nothing is written for a build that no longer exists."""
 
     @abc.abstractmethod
     async def list_artifacts(self, *, project_id: str) -> list[Record]:
@@ -210,8 +211,12 @@ class Store(abc.ABC):
 
     # -- agents ----------------------------------------------------------------------------
     @abc.abstractmethod
-    async def put_agent(self, *, agent: Record) -> None:
-        """Register or re-register (a rebuilt project) an agent, keeping its runtime stats."""
+    async def put_agent(self, *, agent: Record, expect_owner: str | None = None) -> bool:
+        """Register or re-register (a rebuilt project) an agent, keeping its runtime stats.
+
+        With `expect_owner`, only while the agent's build (`agent["build_id"]`) is still
+        running or paused under that owner: a build stopped or deleted meanwhile (perhaps
+        through another instance) registers nothing. False when nothing was registered."""
 
     @abc.abstractmethod
     async def get_agent(self, *, agent_id: str) -> Record | None: ...

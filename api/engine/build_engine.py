@@ -146,13 +146,15 @@ class BuildRun:
         design = self.context["design"]
         now = utc_now()
         agent_id = f"{self.project['project_id']}:{design['agent_name']}"
-        await self.store.put_agent(agent={
+        registered = await self.store.put_agent(expect_owner=self.engine.instance_id, agent={
             "agent_id": agent_id, "project_id": self.project["project_id"],
             "agent_name": design["agent_name"], "description": design["description"],
             "category": design["category"], "capabilities": design["capabilities"],
             "tools": design["tools"], "system_prompt": self.context["system_prompt"],
             "status": "running", "error_message": None, "build_id": self.build_id,
             "created_at": now, "updated_at": now})
+        if not registered:
+            raise BuildAbandoned("build was stopped, deleted or taken over")
         await self._log("agent_deployer", f"Registered agent {agent_id}")
 
     async def execute(self) -> None:
