@@ -1,5 +1,6 @@
 """The ASGI application: `uvicorn api.main:app`, or `python api/main.py` to serve it."""
 
+import asyncio
 import logging
 import signal
 import sys
@@ -37,11 +38,14 @@ def _drain_on_sigterm(app: FastAPI) -> None:
     """Stop taking builds and fail readiness the moment SIGTERM arrives, then let the
     server's own handler (installed before the lifespan starts) shut down gracefully."""
     previous = signal.getsignal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
 
     def handle(signum: int, frame: object) -> None:
         app.state.draining = True
         app.state.engine.accepting = False
-        logger.info("SIGTERM received: draining")
+        # Never log inside a signal handler: the main thread may be holding the log queue's
+        # lock at this very moment, and taking it again would deadlock the shutdown.
+        loop.call_soon_threadsafe(logger.info, "SIGTERM received: draining")
         if callable(previous):
             previous(signum, frame)
 
