@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     api_host: str = "0.0.0.0"
     api_port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
+    # After SIGTERM, keep serving (with /health/ready failing) this long before closing the
+    # listener, so that load balancers stop routing here first.
+    shutdown_drain_seconds: float = Field(default=0.0, ge=0, le=300)
 
     data_dir: Path = Path("./data")
     storage_backend: Literal["sqlite", "dynamodb"] = "sqlite"
@@ -37,6 +40,8 @@ class Settings(BaseSettings):
     dynamodb_connect_timeout_seconds: float = Field(default=2.0, gt=0)
     dynamodb_read_timeout_seconds: float = Field(default=5.0, gt=0)
     dynamodb_max_attempts: int = Field(default=5, ge=1)
+    # botocore's retry mode: `adaptive` also rate-limits the client while it is throttled.
+    dynamodb_retry_mode: Literal["standard", "adaptive"] = "standard"
 
     model_provider: Literal["offline", "openai", "bedrock"] = "offline"
     offline_stage_delay_seconds: float = Field(default=0.2, ge=0)
@@ -52,7 +57,8 @@ class Settings(BaseSettings):
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("environment", "storage_backend", "model_provider", mode="before")
+    @field_validator("environment", "storage_backend", "model_provider", "dynamodb_retry_mode",
+                     mode="before")
     @classmethod
     def _lower_choice(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

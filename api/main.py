@@ -34,20 +34,24 @@ from api.services.statistics_service import StatisticsService
 logger = logging.getLogger("api.main")
 
 
-def _drain_on_sigterm(app: FastAPI) -> None:
-    """Stop taking builds and fail readiness the moment SIGTERM arrives, then let the
-    server's own handler (installed before the lifespan starts) shut down gracefully."""
+def _drain_on_sigterm(app: FastAPI, drain_seconds: float) -> None:
+    """On SIGTERM: stop taking builds and fail readiness at once, keep serving for
+    `drain_seconds` (load balancers see the failing probe and stop sending traffic), then let
+    the server's own handler (installed before the lifespan starts) shut down gracefully."""
     previous = signal.getsignal(signal.SIGTERM)
     loop = asyncio.get_running_loop()
+
+    def drain(signum: int, frame: object) -> None:
+        logger.info("SIGTERM received: draining", extra={"drain_seconds": drain_seconds})
+        if callable(previous):
+            loop.call_later(drain_seconds, previous, signum, frame)
 
     def handle(signum: int, frame: object) -> None:
         app.state.draining = True
         app.state.engine.accepting = False
-        # Never log inside a signal handler: the main thread may be holding the log queue's
-        # lock at this very moment, and taking it again would deadlock the shutdown.
-        loop.call_soon_threadsafe(logger.info, "SIGTERM received: draining")
-        if callable(previous):
-            previous(signum, frame)
+        # Nothing else in the signal context: the main thread may be holding the log queue's
+        # lock at this very moment, and logging here would deadlock the shutdown.
+        loop.call_soon_threadsafe(drain, signum, frame)
 
     signal.signal(signal.SIGTERM, handle)
 
@@ -75,7 +79,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await observability.start(app)
     await engine.start()
     api_calls.start()
-    _drain_on_sigterm(app)
+    _drain_on_sigterm(app, settings.shutdown_drain_seconds)
     if settings.debug and settings.environment == "production":
         logger.warning("DEBUG=true in production: error responses include exception details")
     logger.info("Nexus-AI Platform API started", extra={

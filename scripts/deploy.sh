@@ -60,6 +60,7 @@ settings() {
   LOG_DIR=${LOG_DIR:-./logs}
   API_PORT=${API_PORT:-8000}
   PROBE_HOST=${PROBE_HOST:-127.0.0.1}
+  CONSOLE_FILE=$LOG_DIR/console.out
   if [ "$ENVIRONMENT" = "production" ]; then
     LOG_FILES=("$LOG_DIR/error.log" "$LOG_DIR/access.log")
   else
@@ -95,7 +96,7 @@ PY
 }
 
 last_lines() {
-  for file in "${LOG_FILES[@]}" "$LOG_DIR/stdout.log"; do
+  for file in "${LOG_FILES[@]}" "$CONSOLE_FILE"; do
     if [ -s "$file" ]; then
       echo "--- last lines of $file" >&2
       tail -n 20 "$file" >&2
@@ -120,7 +121,11 @@ start() {
     workers=1
   fi
   export ENVIRONMENT
-  nohup "$python" -m api.cli serve --workers "$workers" >>"$LOG_DIR/stdout.log" 2>&1 &
+  # The service writes its own log files. Its console only ever carries what precedes logging
+  # (an interpreter crash), so it goes to a file that log rotation's *.log leaves alone, and
+  # LOG_STDOUT would only copy every line there.
+  export LOG_STDOUT=false
+  nohup "$python" -m api.cli serve --workers "$workers" >>"$CONSOLE_FILE" 2>&1 &
   echo $! >"$PID_FILE"
   echo "Starting Nexus-AI API ($ENVIRONMENT, $workers worker(s), pid $(pid), port $API_PORT)"
 

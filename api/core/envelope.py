@@ -7,6 +7,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from api.core.context import request_id_var
+from api.observability.logging import redact_text
 
 # code -> (HTTP status, one-line suggestion)
 ERROR_CODES: dict[str, tuple[int, str]] = {
@@ -64,9 +65,11 @@ def internal_error_body(exc: BaseException, *, debug: bool) -> dict[str, Any]:
     """The 500 envelope; exception details only in debug mode."""
     details = None
     if debug:
+        # Secrets are masked here as in the logs: an exception message may carry a URL with
+        # a password or a token.
         details = {
             "exception": type(exc).__name__,
-            "message": str(exc),
-            "traceback": traceback.format_exception(exc),
+            "message": redact_text(str(exc)),
+            "traceback": [redact_text(line) for line in traceback.format_exception(exc)],
         }
     return error_body("INTERNAL_ERROR", "An unexpected error occurred.", details)

@@ -114,6 +114,9 @@ class Store(abc.ABC):
             duration = time.perf_counter() - start
             slow = duration >= self.slow_query_threshold_seconds
             db_observer.observe(operation=operation, seconds=duration, ok=ok, slow=slow)
+            if logger.isEnabledFor(logging.DEBUG):
+                logger.debug("Store call", extra={"operation": operation, "ok": ok,
+                                                  "duration_seconds": round(duration, 6)})
             if slow:
                 logger.warning(
                     f"Slow query detected: {duration:.2f}s",

@@ -52,7 +52,8 @@ http_requests_in_progress = Gauge(
 
 # -- process (sampled in the background by api.observability.system) ---------------------------
 process_memory_percent = Gauge(
-    "process_memory_percent", "Resident memory of the API processes, percent of the host's memory.",
+    "process_memory_percent",
+    "Resident memory of the API processes, percent of what they may use (container limit, else host).",
     multiprocess_mode="livesum")
 process_cpu_percent = Gauge(
     "process_cpu_percent", "CPU used by the API processes, percent of one core.",

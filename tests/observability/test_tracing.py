@@ -121,6 +121,20 @@ async def test_debug_mode_puts_the_exception_in_the_response(tmp_path: Path) -> 
     assert any("kaboom" in line for line in details["traceback"])
 
 
+async def test_debug_details_mask_secrets_as_the_logs_do(tmp_path: Path) -> None:
+    async def leaky() -> None:
+        raise RuntimeError("cannot reach https://admin:hunter2@db.invalid with token=abc123secret")
+
+    app = create_app(make_settings(tmp_path, debug=True))
+    app.add_api_route("/leaky", leaky)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://testserver") as client:
+            body = (await client.get("/leaky")).text
+    assert "hunter2" not in body and "abc123secret" not in body
+    assert "https://admin:***@db.invalid" in body
+
+
 async def test_successful_probes_stay_out_of_the_access_log(
         app: FastAPI, client: httpx.AsyncClient, settings: Settings) -> None:
     for path in ("/health", "/health/live", "/health/ready", "/health/detailed"):
