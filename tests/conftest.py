@@ -18,6 +18,7 @@ import pytest
 from api.config import Settings
 from api.main import create_app
 from api.providers.base import ModelProvider
+from tests import moto_server
 
 # botocore's credential chain would otherwise ask the EC2 metadata address (169.254.169.254)
 # from every health check; tests and the servers they start talk to loopback only.
@@ -96,9 +97,29 @@ class Api:
         return agents["items"][0]
 
 
+# The API end-to-end tests (tests/e2e) run on every storage backend; the rest of the suite
+# runs on the embedded default.
+STORAGE_BACKENDS = ("sqlite", "dynamodb")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "storage_backend" in metafunc.fixturenames and metafunc.definition.path.parent.name == "e2e":
+        metafunc.parametrize("storage_backend", STORAGE_BACKENDS)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path)
+def storage_backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, storage_backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    if storage_backend == "dynamodb":
+        # The session's moto server, a fresh table prefix, dummy credentials.
+        with moto_server.dynamodb_settings(monkeypatch) as overrides:
+            yield make_settings(tmp_path, **overrides)
+    else:
+        yield make_settings(tmp_path)
 
 
 @pytest.fixture

@@ -1,5 +1,9 @@
 """Choose the store named by STORAGE_BACKEND."""
 
+import os
+
+import botocore.session
+
 from api.config import Settings
 from api.database.sqlite_store import SQLiteStore
 from api.database.store import Store
@@ -13,7 +17,33 @@ def create_store(settings: Settings) -> Store:
     if settings.storage_backend == "sqlite":
         return SQLiteStore(path=settings.sqlite_path,
                            slow_query_threshold_seconds=settings.slow_query_threshold_seconds)
+    if settings.storage_backend == "dynamodb":
+        return _dynamodb_store(settings)
     raise BackendUnavailable(
         f"STORAGE_BACKEND={settings.storage_backend} is not available in this release; "
         "set STORAGE_BACKEND=sqlite (the default)."
     )
+
+
+def _dynamodb_store(settings: Settings) -> Store:
+    try:
+        from api.database.dynamodb_client import DynamoDBStore
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"STORAGE_BACKEND=dynamodb is not available: {exc.name} is not installed "
+            "(pip install aiobotocore)") from exc
+    # The standard settings: AWS_REGION (botocore itself reads only the next two),
+    # AWS_DEFAULT_REGION, the region of the AWS profile.
+    region = (settings.dynamodb_region or os.environ.get("AWS_REGION")
+              or botocore.session.get_session().get_config_variable("region"))
+    if not region:
+        raise BackendUnavailable(
+            "STORAGE_BACKEND=dynamodb is not available without an AWS region; set DYNAMODB_REGION "
+            "(or AWS_REGION, or a region in the AWS profile).")
+    return DynamoDBStore(
+        region=region, endpoint_url=settings.dynamodb_endpoint_url,
+        table_prefix=settings.dynamodb_table_prefix,
+        connect_timeout_seconds=settings.dynamodb_connect_timeout_seconds,
+        read_timeout_seconds=settings.dynamodb_read_timeout_seconds,
+        max_attempts=settings.dynamodb_max_attempts, retry_mode=settings.dynamodb_retry_mode,
+        slow_query_threshold_seconds=settings.slow_query_threshold_seconds)
