@@ -282,6 +282,9 @@ class BuildEngine:
     async def _renew(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
+            # Only runs that existed before the renewal can be judged by its answer: a build
+            # claimed while it was in flight is ours but may be missing from it.
+            running = set(self._runs)
             try:
                 owned = await self.store.renew_leases(owner=self.instance_id,
                                                       lease_until=_after(self.lease_seconds))
@@ -289,9 +292,8 @@ class BuildEngine:
                 logger.exception("Could not renew build leases")
                 continue
             still_ours = {b["build_id"] for b in owned if b["status"] in WORKING_STATUSES}
-            for build_id in list(self._runs):
-                if build_id not in still_ours:
-                    self.abandon(build_id)
+            for build_id in running - still_ours:
+                self.abandon(build_id)
 
     async def _run(self, build_id: str) -> None:
         try:
