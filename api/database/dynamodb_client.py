@@ -58,6 +58,7 @@ from api.database.store import (
     Store,
     StoreError,
 )
+from api.observability import db_observer
 
 logger = logging.getLogger("api.database.dynamodb")
 
@@ -396,6 +397,7 @@ class DynamoDBStore(Store):
             code = response[1].get("Error", {}).get("Code")
             if code in THROTTLING_CODES:
                 self.throttle_retries += 1
+                db_observer.observe_throttle_retry()
 
     async def _open_client(self, stack: AsyncExitStack, config: AioConfig) -> Any:
         keys = ({"aws_access_key_id": self.credentials[0],

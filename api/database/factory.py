@@ -17,21 +17,13 @@ def create_store(settings: Settings) -> Store:
     if settings.storage_backend == "sqlite":
         return SQLiteStore(path=settings.sqlite_path,
                            slow_query_threshold_seconds=settings.slow_query_threshold_seconds)
-    if settings.storage_backend == "dynamodb":
-        return _dynamodb_store(settings)
-    raise BackendUnavailable(
-        f"STORAGE_BACKEND={settings.storage_backend} is not available in this release; "
-        "set STORAGE_BACKEND=sqlite (the default)."
-    )
+    return _dynamodb_store(settings)
 
 
 def _dynamodb_store(settings: Settings) -> Store:
-    try:
-        from api.database.dynamodb_client import DynamoDBStore
-    except ImportError as exc:
-        raise BackendUnavailable(
-            f"STORAGE_BACKEND=dynamodb is not available: {exc.name} is not installed "
-            "(pip install aiobotocore)") from exc
+    # Imported here: aiobotocore takes a while to import and SQLite deployments never need it.
+    from api.database.dynamodb_client import DynamoDBStore
+
     # The standard settings: AWS_REGION (botocore itself reads only the next two),
     # AWS_DEFAULT_REGION, the region of the AWS profile.
     region = (settings.dynamodb_region or os.environ.get("AWS_REGION")

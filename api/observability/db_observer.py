@@ -13,6 +13,7 @@ class DatabaseFigures:
     succeeded: int = 0
     failed: int = 0
     slow: int = 0
+    throttle_retries: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def snapshot(self) -> dict[str, float | int]:
@@ -25,6 +26,7 @@ class DatabaseFigures:
                 "query_success_rate": round(100.0 * self.succeeded / total, 2) if total else 100.0,
                 "queries_per_second": round(total / elapsed, 3),
                 "slow_queries": self.slow,
+                "throttle_retries": self.throttle_retries,
             }
 
 
@@ -40,3 +42,10 @@ def observe(*, operation: str, seconds: float, ok: bool, slow: bool) -> None:
             figures.failed += 1
         if slow:
             figures.slow += 1
+
+
+def observe_throttle_retry() -> None:
+    """The database throttled a request and the client retried it (DynamoDB)."""
+    metrics.record_db_throttle_retry()
+    with figures.lock:
+        figures.throttle_retries += 1

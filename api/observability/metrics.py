@@ -68,6 +68,8 @@ db_query_duration_seconds = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
 db_slow_queries_total = Counter(
     "db_slow_queries_total", "Store operations slower than SLOW_QUERY_THRESHOLD_SECONDS.")
+db_throttle_retries_total = Counter(
+    "db_throttle_retries", "Store requests the database throttled and the client retried.")
 
 # -- builds and agents -------------------------------------------------------------------------
 builds_total = Counter("builds_total", "Builds finished, by final status.", ["status"])
@@ -108,6 +110,10 @@ def record_db_operation(*, operation: str, seconds: float, ok: bool, slow: bool)
     db_query_duration_seconds.labels(operation).observe(seconds)
     if slow:
         db_slow_queries_total.inc()
+
+
+def record_db_throttle_retry() -> None:
+    db_throttle_retries_total.inc()
 
 
 def record_build_finished(*, status: str, duration_seconds: float | None) -> None:

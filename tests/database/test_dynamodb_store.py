@@ -20,6 +20,7 @@ from api.core.errors import ValidationFailed
 from api.database.dynamodb_client import COUNTER_SHARDS, DynamoDBStore
 from api.database.factory import BackendUnavailable, create_store
 from api.database.store import StoreError
+from api.observability import db_observer
 from tests import moto_server
 from tests.conftest import free_port
 from tests.database.test_store_contract import (
@@ -270,9 +271,13 @@ async def test_throttling_is_retried_counted_and_finally_a_store_error(tmp_path:
                               read_timeout_seconds=5.0, max_attempts=3, retry_mode="standard",
                               slow_query_threshold_seconds=10.0, credentials=moto_server.CREDENTIALS)
         await store.open()
+        reported = db_observer.figures.throttle_retries
         try:
             assert await store.get_project(project_id="proj_000000000000") is None
             assert (store.throttle_retries, store.request_counts["GetItem"]) == (2, 3)
+            # ... and reported where the health check and /metrics read it.
+            assert db_observer.figures.throttle_retries == reported + 2
+            assert db_observer.figures.snapshot()["throttle_retries"] == reported + 2
 
             proxy.throttle = 3
             with pytest.raises(StoreError, match="throttled GetItem after 3 attempts"):
