@@ -43,6 +43,17 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     return Settings(_env_file=None, **values)
 
 
+def wait_until(check: Callable[[], T | None], *, timeout: float = 60.0, interval: float = 0.05,
+               what: str = "condition") -> T:
+    """Poll `check` (plain, for subprocess and file checks) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+    return result
+
+
 async def wait_for(check: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0,
                    interval: float = 0.02, what: str = "condition") -> T:
     """Poll `check` until it returns something truthy."""
@@ -113,13 +124,20 @@ def storage_backend() -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, storage_backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def settings_overrides() -> dict[str, Any]:
+    """Overridden by test modules that need other settings."""
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, storage_backend: str, settings_overrides: dict[str, Any],
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     if storage_backend == "dynamodb":
         # The session's moto server, a fresh table prefix, dummy credentials.
         with moto_server.dynamodb_settings(monkeypatch) as overrides:
-            yield make_settings(tmp_path, **overrides)
+            yield make_settings(tmp_path, **overrides, **settings_overrides)
     else:
-        yield make_settings(tmp_path)
+        yield make_settings(tmp_path, **settings_overrides)
 
 
 @pytest.fixture

@@ -21,7 +21,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
-    REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, multiprocess,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    multiprocess,
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric

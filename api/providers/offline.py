@@ -11,7 +11,12 @@ import re
 from collections import Counter
 from typing import Any
 
-from api.providers.base import InvocationResult, ModelProvider, ProviderError, StageOutput
+from api.providers.base import (
+    InvocationResult,
+    ModelProvider,
+    ProviderError,
+    StageOutput,
+)
 
 LABEL = "[offline provider]"
 

@@ -4,13 +4,11 @@ new lines in the new file."""
 import json
 import subprocess
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import REPO
+from tests.conftest import REPO, wait_until
 from tests.deploy.conftest import DEPLOY, Deployment
 from tests.tooling import tool
 
@@ -49,12 +47,12 @@ def test_forced_rotation_under_steady_requests_loses_no_line(deployment: Deploym
     sender = threading.Thread(target=steady_requests)
     sender.start()
     try:
-        _wait(lambda: len(answered) >= 50, "requests before the rotation")
+        wait_until(lambda: len(answered) >= 50, what="requests before the rotation")
         rotated = subprocess.run([logrotate, "--force", "--state", str(deployment.root / "state"), str(config)],
                                  env=deployment.env, capture_output=True, text=True, timeout=60)
         assert rotated.returncode == 0, rotated.stderr
         at_rotation = len(answered)
-        _wait(lambda: len(answered) >= at_rotation + 50, "requests after the rotation")
+        wait_until(lambda: len(answered) >= at_rotation + 50, what="requests after the rotation")
     finally:
         stop.set()
         sender.join()
@@ -62,7 +60,7 @@ def test_forced_rotation_under_steady_requests_loses_no_line(deployment: Deploym
     current, previous = deployment.logs / name, deployment.logs / f"{name}.1"
     assert previous.exists(), sorted(p.name for p in deployment.logs.iterdir())
     # Lines are written by a background thread: wait until the last answered request is there.
-    _wait(lambda: answered[-1] in _access_ids([current]), "the last request's line")
+    wait_until(lambda: answered[-1] in _access_ids([current]), what="the last request's line")
     logged = _access_ids([previous, current])
     assert sorted(logged) == sorted(answered), "every answered request has exactly one line"
     assert _access_ids([current]), "new lines go to the new file"
@@ -70,9 +68,3 @@ def test_forced_rotation_under_steady_requests_loses_no_line(deployment: Deploym
     assert deployment.run("status").returncode == 0
 
 
-def _wait(check: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from tests import moto_server
-from tests.conftest import OTHER_REQUIREMENT, REQUIREMENT, ServerProcess
+from tests.conftest import OTHER_REQUIREMENT, REQUIREMENT, ServerProcess, wait_until
 
 PROJECTS = 20
 LEASE_SECONDS = "2"
@@ -23,14 +23,6 @@ def _call(server: ServerProcess, method: str, path: str, **kwargs: Any) -> Any:
     return response.json()["data"]
 
 
-def _poll(check: Callable[[], Any], *, timeout: float = 60.0, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def _all(server: ServerProcess, path: str, **params: Any) -> list[dict[str, Any]]:
@@ -55,7 +47,7 @@ def test_two_instances_share_builds_survive_a_sigkill_and_count_exactly(
         doomed = server_factory(**env, LOG_DIR=str(tmp_path / "logs-doomed"))
         # The first build can only be claimed by the first instance: that names its engine.
         first = _call(doomed, "POST", "/api/v1/projects", json={"requirement": REQUIREMENT})
-        running = _poll(lambda: (p := _call(doomed, "GET", f"/api/v1/projects/{first['project_id']}"))
+        running = wait_until(lambda: (p := _call(doomed, "GET", f"/api/v1/projects/{first['project_id']}"))
                         ["latest_build"]["instance_id"] and p, what="the first build to be claimed")
         doomed_engine = running["latest_build"]["instance_id"]
         survivor = server_factory(**env, LOG_DIR=str(tmp_path / "logs-survivor"))
@@ -77,10 +69,10 @@ def test_two_instances_share_builds_survive_a_sigkill_and_count_exactly(
 
         # Pause, sent to the instance that is not running the build, stops it at the next
         # boundary; resume, sent there too, lets either instance finish it.
-        target = _poll(on_doomed_mid_build, what="a build running on the first instance")
+        target = wait_until(on_doomed_mid_build, what="a build running on the first instance")
         _call(survivor, "PUT", f"/api/v1/projects/{target['project_id']}/control",
               json={"action": "pause", "reason": "multi-instance test"})
-        paused = _poll(lambda: (p := _call(doomed, "GET", f"/api/v1/projects/{target['project_id']}"))
+        paused = wait_until(lambda: (p := _call(doomed, "GET", f"/api/v1/projects/{target['project_id']}"))
                        ["latest_build"]["instance_id"] is None and p, what="the pause to take hold")
         assert paused["status"] == "paused"
         time.sleep(0.5)
@@ -89,14 +81,14 @@ def test_two_instances_share_builds_survive_a_sigkill_and_count_exactly(
         _call(survivor, "PUT", f"/api/v1/projects/{target['project_id']}/control",
               json={"action": "resume"})
 
-        victim = _poll(on_doomed_mid_build, what="a build mid-way on the first instance")
+        victim = wait_until(on_doomed_mid_build, what="a build mid-way on the first instance")
         doomed.kill(signal.SIGKILL)
 
         def all_done() -> bool:
             listed = _call(survivor, "GET", "/api/v1/projects", params={"limit": 100})["items"]
             return all(p["status"] in ("completed", "failed") for p in listed)
 
-        _poll(all_done, timeout=120, what="every build to finish on the survivor")
+        wait_until(all_done, timeout=120, what="every build to finish on the survivor")
         done = [_call(survivor, "GET", f"/api/v1/projects/{p}") for p in project_ids]
         assert [p["status"] for p in done] == ["completed"] * PROJECTS
         by_id = {p["project_id"]: p for p in done}

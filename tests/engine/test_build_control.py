@@ -6,15 +6,14 @@ from typing import Any
 
 import pytest
 
-from api.config import Settings
 from tests.conftest import Api, make_settings, wait_for
 
 STAGE_DELAY = 0.15
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path, offline_stage_delay_seconds=STAGE_DELAY)
+def settings_overrides() -> dict[str, Any]:
+    return {"offline_stage_delay_seconds": STAGE_DELAY}
 
 
 async def _stage_of(api: Api, project_id: str, name: str) -> dict[str, Any]:
@@ -76,8 +75,9 @@ async def test_progress_never_decreases_and_is_100_only_on_success(api: Api) -> 
 
 async def test_stop_cancels_mid_stage(tmp_path: Path) -> None:
     # Long stages, so that the stop certainly lands in the middle of one.
-    from api.main import create_app
     import httpx
+
+    from api.main import create_app
 
     app = create_app(make_settings(tmp_path, offline_stage_delay_seconds=30))
     async with app.router.lifespan_context(app):
@@ -137,8 +137,9 @@ async def test_restart_runs_a_new_build_of_the_same_project(api: Api) -> None:
 
 
 async def test_pause_of_a_queued_build_and_resume_requeues_it(tmp_path: Path) -> None:
-    from api.main import create_app
     import httpx
+
+    from api.main import create_app
 
     app = create_app(make_settings(tmp_path, offline_stage_delay_seconds=0.05, max_concurrent_builds=1))
     async with app.router.lifespan_context(app):

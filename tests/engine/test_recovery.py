@@ -1,7 +1,6 @@
 """Builds survive their process: SIGKILL, SIGTERM, and a build that keeps killing it."""
 
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +8,7 @@ import httpx
 
 from api.engine.stages import initial_stages
 from api.main import create_app
-from tests.conftest import REQUIREMENT, Api, ServerProcess, make_settings
+from tests.conftest import REQUIREMENT, Api, ServerProcess, make_settings, wait_until
 
 
 def _get(server: ServerProcess, path: str) -> Any:
@@ -18,14 +17,6 @@ def _get(server: ServerProcess, path: str) -> Any:
     return response.json()["data"]
 
 
-def _poll(check: Any, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sigkill_mid_build_then_restart_resumes_from_last_completed_stage(server_factory: Any) -> None:
@@ -33,12 +24,12 @@ def test_sigkill_mid_build_then_restart_resumes_from_last_completed_stage(server
     server = server_factory(**env)
     created = httpx.post(f"{server.base_url}/api/v1/projects", json={"requirement": REQUIREMENT}, timeout=5)
     project_id = created.json()["data"]["project_id"]
-    before = _poll(lambda: (p := _get(server, f"/api/v1/projects/{project_id}"))["progress"] >= 30 and p,
+    before = wait_until(lambda: (p := _get(server, f"/api/v1/projects/{project_id}"))["progress"] >= 30 and p,
                    what="three stages done")
     server.kill(signal.SIGKILL)
 
     restarted = server_factory(**env)
-    done = _poll(lambda: (p := _get(restarted, f"/api/v1/projects/{project_id}"))["status"]
+    done = wait_until(lambda: (p := _get(restarted, f"/api/v1/projects/{project_id}"))["status"]
                  in ("completed", "failed") and p, what="the build to finish after restart")
     assert done["status"] == "completed" and done["progress"] == 100
     assert done["latest_build"]["recoveries"] == 1
@@ -56,12 +47,12 @@ def test_sigterm_hands_running_builds_back_for_the_next_start(server_factory: An
     server = server_factory(**env)
     created = httpx.post(f"{server.base_url}/api/v1/projects", json={"requirement": REQUIREMENT}, timeout=5)
     project_id = created.json()["data"]["project_id"]
-    _poll(lambda: _get(server, f"/api/v1/projects/{project_id}")["progress"] >= 15, what="progress")
+    wait_until(lambda: _get(server, f"/api/v1/projects/{project_id}")["progress"] >= 15, what="progress")
     # uvicorn re-raises SIGTERM once its graceful shutdown is done, so the exit status says so.
     assert server.kill(signal.SIGTERM) == -signal.SIGTERM
 
     restarted = server_factory(**env)
-    done = _poll(lambda: (p := _get(restarted, f"/api/v1/projects/{project_id}"))["status"]
+    done = wait_until(lambda: (p := _get(restarted, f"/api/v1/projects/{project_id}"))["status"]
                  == "completed" and p, timeout=30, what="the handed-back build to finish")
     assert done["latest_build"]["recoveries"] == 0
 

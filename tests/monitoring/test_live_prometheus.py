@@ -7,7 +7,6 @@ know the dashboard shows data rather than "No data".
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,13 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import OTHER_REQUIREMENT, REQUIREMENT, ServerProcess, free_port
+from tests.conftest import (
+    OTHER_REQUIREMENT,
+    REQUIREMENT,
+    ServerProcess,
+    free_port,
+    wait_until,
+)
 from tests.tooling import tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,14 +31,6 @@ GUIDE_PANELS = ("Request rate", "Response time (p50, p95, p99)", "Error rate", "
 VARIABLES = {"$job": "nexus-ai-api", "$instance": ".+", "$__rate_interval": "1m"}
 
 
-def _poll(check: Any, *, timeout: float = 60.0, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _drive_traffic(base: str) -> None:
@@ -44,7 +41,7 @@ def _drive_traffic(base: str) -> None:
         stopped = projects[2]["project_id"]
         assert client.put(f"/api/v1/projects/{stopped}/control", json={"action": "stop"}).status_code == 200
         for project in projects[:2]:
-            _poll(lambda: client.get(f"/api/v1/projects/{project['project_id']}").json()["data"]["status"]
+            wait_until(lambda: client.get(f"/api/v1/projects/{project['project_id']}").json()["data"]["status"]
                   == "completed", what="a build to complete")
         agents = client.get("/api/v1/agents").json()["data"]["items"]
         for number in range(10):
@@ -87,7 +84,7 @@ def prometheus(tmp_path: Path, server_factory: Any) -> Iterator[tuple[str, Serve
     url = f"http://127.0.0.1:{port}"
     try:
         # rate() needs two samples inside its window; a few scrapes give them.
-        _poll(lambda: _samples(url, 'up{job="nexus-ai-api"}') >= 5, what="Prometheus to scrape")
+        wait_until(lambda: _samples(url, 'up{job="nexus-ai-api"}') >= 5, what="Prometheus to scrape")
         yield url, server
     finally:
         process.terminate()
@@ -146,7 +143,7 @@ def test_every_dashboard_query_and_alert_evaluates_and_the_guide_panels_show_dat
         rules = [rule for group in groups for rule in group["rules"]]
         return rules if all(rule.get("lastEvaluation", "").startswith("20") for rule in rules) else None
 
-    rules = _poll(evaluated, what="rule evaluation")
+    rules = wait_until(evaluated, what="rule evaluation")
     assert {rule["name"] for rule in rules} == {rule["alert"] for rule in _alert_rules()}
     assert [(rule["name"], rule.get("lastError")) for rule in rules if rule["health"] != "ok"] == []
     assert [rule["name"] for rule in rules if rule["state"] != "inactive"] == []
@@ -155,6 +152,6 @@ def test_every_dashboard_query_and_alert_evaluates_and_the_guide_panels_show_dat
 def test_database_alert_fires_when_the_database_is_gone(prometheus: tuple[str, ServerProcess]) -> None:
     url, server = prometheus
     (server.workdir / "data" / "nexus-ai.db").rename(server.workdir / "data" / "moved.db")
-    _poll(lambda: _query(url, 'database_up{job="nexus-ai-api"} == 0'), what="database_up to drop")
+    wait_until(lambda: _query(url, 'database_up{job="nexus-ai-api"} == 0'), what="database_up to drop")
     rule = next(r for r in _alert_rules() if r["alert"] == "DatabaseConnectionFailure")
     assert _query(url, rule["expr"]), "the alert expression must hold while the database is down"

@@ -14,7 +14,14 @@ from prometheus_client.mmap_dict import MmapedDict
 
 from tests.conftest import REQUIREMENT
 from tests.observability.conftest import (
-    FAILING_APP, Server, access_entries, log_entries, parse_samples, sample, tool, wait_until,
+    FAILING_APP,
+    Server,
+    access_entries,
+    log_entries,
+    parse_samples,
+    sample,
+    tool,
+    wait_until,
 )
 
 Serve = Callable[..., Server]

@@ -3,13 +3,11 @@ without filters, and a cursor the API did not issue is a validation error."""
 
 import base64
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from api.config import Settings
-from tests.conftest import OTHER_REQUIREMENT, REQUIREMENT, Api, make_settings
+from tests.conftest import OTHER_REQUIREMENT, REQUIREMENT, Api
 
 USERS = ("alice", "bob", "carol")
 # Requirements the offline provider turns into agents of different categories and capabilities.
@@ -26,11 +24,6 @@ REQUIREMENTS = (
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {"offline_stage_delay_seconds": 0.0}
-
-
-@pytest.fixture
-def settings(tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
-    return make_settings(tmp_path, **settings_overrides)
 
 
 async def walk(api: Api, path: str, *, limit: int, **params: Any) -> list[dict[str, Any]]:

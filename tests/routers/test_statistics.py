@@ -3,12 +3,10 @@ stopped builds, successful and failed invocations, and a deleted project."""
 
 import asyncio
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from api.config import Settings
 from api.providers.base import (
     InvocationResult,
     ModelProvider,
@@ -16,7 +14,7 @@ from api.providers.base import (
     StageOutput,
 )
 from api.providers.offline import OfflineProvider
-from tests.conftest import OTHER_REQUIREMENT, REQUIREMENT, Api, make_settings, wait_for
+from tests.conftest import OTHER_REQUIREMENT, REQUIREMENT, Api, wait_for
 
 BAD_CODE = "[bad-code]"
 PROVIDER_DOWN = "[provider-down]"
@@ -59,8 +57,8 @@ def provider() -> ScriptedModel:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path, offline_stage_delay_seconds=0.0)
+def settings_overrides() -> dict[str, Any]:
+    return {"offline_stage_delay_seconds": 0.0}
 
 
 def utc_today() -> str:

@@ -3,14 +3,12 @@
 ids (404) and illegal transitions (409). A refused request changes nothing."""
 
 import re
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from api.config import Settings
-from tests.conftest import REQUIREMENT, Api, make_settings
+from tests.conftest import REQUIREMENT, Api
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
 MISSING_PROJECT = "proj_000000000000"
@@ -22,11 +20,6 @@ MiB = 1024 * 1024
 @pytest.fixture
 def settings_overrides() -> dict[str, Any]:
     return {"offline_stage_delay_seconds": 0.0}
-
-
-@pytest.fixture
-def settings(tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
-    return make_settings(tmp_path, **settings_overrides)
 
 
 @pytest.fixture

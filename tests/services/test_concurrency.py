@@ -24,11 +24,6 @@ def settings_overrides() -> dict[str, Any]:
     return {"offline_stage_delay_seconds": 0.0}
 
 
-@pytest.fixture
-def settings(tmp_path: Path, settings_overrides: dict[str, Any]) -> Settings:
-    return make_settings(tmp_path, **settings_overrides)
-
-
 def _at(timestamp: str) -> datetime:
     return datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%S.%fZ")
 
