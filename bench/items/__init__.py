@@ -1,0 +1,43 @@
+"""The eight items of issue 6, by number."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.context import Context
+from bench.items import builds, memory, observability, scale, workers
+from bench.results import Row
+
+
+@dataclass(frozen=True)
+class Item:
+    title: str
+    what: str
+    run: Callable[[Context], list[Row]]
+
+
+ITEMS: dict[int, Item] = {
+    1: Item("Observability cost",
+            "GET /health and GET /api/v1/projects/{id}, full stack vs logging, tracing and metrics "
+            "off; target ≥ 0.85", observability.cost),
+    2: Item("Against the generic stack",
+            "the same app instrumented instead with prometheus-fastapi-instrumentator, "
+            "asgi-correlation-id, python-json-logger and the guide's @app.middleware tracing; "
+            "target ours ≥ 1.3× theirs", observability.generic_stack),
+    3: Item("Distance to the limit",
+            "full app GET /health vs a bare ASGI app returning the same bytes; reported",
+            observability.limit),
+    4: Item("Statistics at scale",
+            "statistics overview latency, 1,000 vs 1,000,000 builds and invocations; target ≤ 1.5",
+            scale.statistics),
+    5: Item("Deep pages",
+            "project page at depth 1,000 vs the first page, 100,000 projects; target ≤ 1.5",
+            scale.pagination),
+    6: Item("Build engine",
+            "500 builds, offline provider, no stage delay: builds/s, and API p99 while they run vs "
+            "idle; target ≤ 2", builds.engine),
+    7: Item("Memory under steady load",
+            "10 minutes of the locust scenario: RSS after warm-up vs at the end; target growth ≤ 5 %",
+            memory.steady_load),
+    8: Item("Several workers", "throughput of 1 vs 2 worker processes; reported",
+            workers.one_vs_two),
+}
