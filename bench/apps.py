@@ -100,7 +100,7 @@ async def guide_tracing(request: Request, call_next: Any) -> Any:
     return response
 
 
-class _GenericStack:
+class _GenericStack(_Probes):
     """What the FastAPI guides assemble: prometheus-fastapi-instrumentator with its defaults,
     asgi-correlation-id, python-json-logger on a file handler, and the guide's tracing
     middleware, whose "Request completed" line is the one access line per request."""
@@ -134,14 +134,6 @@ class _GenericStack:
 
         app.add_middleware(CorrelationIdMiddleware)
         app.middleware("http")(guide_tracing)
-
-    @staticmethod
-    async def start(app: FastAPI) -> None:
-        pass
-
-    @staticmethod
-    async def stop(app: FastAPI) -> None:
-        pass
 
 
 def generic() -> FastAPI:
