@@ -2,10 +2,12 @@
 
 import argparse
 import asyncio
+import socket
 import sys
 
 import uvicorn
 from pydantic import ValidationError
+from uvicorn.supervisors import Multiprocess
 
 from api.config import get_settings
 from api.database.factory import BackendUnavailable, create_store
@@ -21,16 +23,25 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         create_store(settings)
     except (ProviderUnavailable, BackendUnavailable) as exc:
         sys.exit(f"nexus-ai: {exc}")
-    uvicorn.run(
-        "api.main:app",
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-        workers=workers or settings.workers,
-        timeout_graceful_shutdown=30,
+    options = {
+        "host": host or settings.api_host,
+        "port": port or settings.api_port,
+        "workers": workers or settings.workers,
+        "timeout_graceful_shutdown": 30,
         # JSON logging in this process too (with several workers it is uvicorn's supervisor,
         # which never imports the app) and an empty multiprocess metrics directory.
         **prepare_server(settings),
-    )
+    }
+    if options["workers"] == 1:
+        uvicorn.run("api.main:app", **options)
+        return
+    # With several workers uvicorn binds the shared socket with proto 0, so asyncio never sets
+    # TCP_NODELAY on the connections and Nagle delays every keep-alive response by ~40 ms
+    # (uvicorn#3149): the same descriptor, declared TCP (docs/PERFORMANCE.md, F1).
+    config = uvicorn.Config("api.main:app", **options)
+    bound = config.bind_socket()
+    sock = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
+    Multiprocess(config, sockets=[sock]).run()
 
 
 async def _init_db() -> str:

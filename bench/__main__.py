@@ -48,8 +48,8 @@ def _other_benchmarks() -> list[str]:
     except SyntaxError:
         doc = ""
     summary = doc.strip().splitlines()[0] if doc.strip() else "the DynamoDB backend"
-    return [f"bench/dynamodb_requests.py: {summary} (run on its own: "
-            "`python -m bench.dynamodb_requests`; its results are in the DynamoDB section)"]
+    return [f"`dynamodb_requests.py` ({summary.rstrip('.')}): run on its "
+            "own with `python -m bench.dynamodb_requests`; its results are the DynamoDB section."]
 
 
 def main(argv: list[str] | None = None) -> int:

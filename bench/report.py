@@ -78,11 +78,12 @@ def render(items: list[ItemResult], *, machine: dict[str, str], invocation: str,
     lines += ["", *summary_table(items), ""]
     lines += ["### Per item: every run, notes and the exact commands", "",
               "`$BENCH_DIR` is the run's temporary directory, `$PORT` a free loopback port chosen "
-              "per server. Server commands run from the repository root with `PYTHONPATH` set "
-              "to it.", ""]
+              "per server. Each server runs in its own directory under `$BENCH_DIR` with "
+              "`PYTHONPATH` set to the repository root; wrk and locust run from the repository "
+              "root.", ""]
     for item in items:
         lines += _details(item)
-    lines += extra
+    lines += [f"Also in `bench/`: {line}" for line in extra]
     lines.append(END)
     return "\n".join(lines) + "\n"
 

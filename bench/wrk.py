@@ -44,8 +44,8 @@ def parse(output: str, command: str = "") -> WrkResult:
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", output))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors += int(non_2xx.group(1)) if non_2xx else 0
-    latency = {f"p{percent}": _milliseconds(value)
-               for percent, value in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+[a-z]+)\s*$", output, re.MULTILINE)}
+    percentiles = re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+[a-z]+)\s*$", output, re.MULTILINE)
+    latency = {f"p{percent}": _milliseconds(value) for percent, value in percentiles}
     return WrkResult(requests_per_second=float(rate.group(1)), requests=int(total.group(1)),
                      errors=errors, latency_ms=latency, command=command)
 

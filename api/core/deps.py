@@ -1,4 +1,7 @@
-"""Dependencies the routers declare, as Annotated aliases."""
+"""Dependencies the routers declare, as Annotated aliases.
+
+They are `async def` although they do no I/O: FastAPI runs a plain `def` dependency in a
+thread pool, two thread hand-offs per request for an attribute read (docs/PERFORMANCE.md, F3)."""
 
 from typing import Annotated
 
@@ -11,27 +14,27 @@ from api.services.project_service import ProjectService
 from api.services.statistics_service import StatisticsService
 
 
-def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _store(request: Request) -> Store:
+async def _store(request: Request) -> Store:
     return request.app.state.store
 
 
-def _projects(request: Request) -> ProjectService:
+async def _projects(request: Request) -> ProjectService:
     return request.app.state.project_service
 
 
-def _agents(request: Request) -> AgentService:
+async def _agents(request: Request) -> AgentService:
     return request.app.state.agent_service
 
 
-def _statistics(request: Request) -> StatisticsService:
+async def _statistics(request: Request) -> StatisticsService:
     return request.app.state.statistics_service
 
 
-def count_api_call(request: Request) -> None:
+async def count_api_call(request: Request) -> None:
     request.app.state.api_calls.count()
 
 

@@ -32,12 +32,14 @@ def engine(ctx: Context) -> list[Row]:
         started = time.perf_counter()
         create_projects(server.base_url, profile.builds)
         load = wrk.Background(url, connections=connections)
-        ctx.item.command(show_command(shlex.join(load.command)) + "   # stopped (SIGINT) when the builds are done")  # type: ignore[union-attr]
         try:
             after = wait_for_builds(server.base_url, finished=finished + profile.builds,
                                     timeout=60 + profile.builds)
         finally:
             busy = load.stop()
+        assert ctx.item is not None
+        ctx.item.command(show_command(shlex.join(load.command))
+                         + "   # stopped (SIGINT) when the builds are done")
         elapsed = time.perf_counter() - started
         if after["failed_builds"] != before["failed_builds"] or busy.errors:
             raise RuntimeError(f"builds failed or requests failed under load: {after}, {busy.errors}")
