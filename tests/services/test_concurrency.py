@@ -231,26 +231,34 @@ async def instance(settings: Settings, provider: ModelProvider,
 async def test_a_build_ended_through_another_instance_registers_no_agent(
         tmp_path: Path, action: str) -> None:
     settings = make_settings(tmp_path, offline_stage_delay_seconds=0.0)
-    model = SlowDeployModel()
-    async with instance(settings, model, "worker-1") as (builder, builder_app), \
-            instance(settings, OfflineProvider(stage_delay_seconds=0), "worker-2") as (other, _):
-        project = await builder.create_project()
+    models = (SlowDeployModel(), SlowDeployModel())
+    async with instance(settings, models[0], "worker-1") as first, \
+            instance(settings, models[1], "worker-2") as second:
+        project = await first[0].create_project()
         project_id = project["project_id"]
-        await asyncio.wait_for(model.deploying.wait(), timeout=20)
+        # Either instance's engine may claim the queued build; the other one ends it.
+        deploying = [asyncio.ensure_future(model.deploying.wait()) for model in models]
+        done, pending = await asyncio.wait(deploying, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in pending:
+            waiter.cancel()
+        assert done, "no instance reached the deploy stage"
+        building = 0 if models[0].deploying.is_set() else 1
+        (_, builder_app), (other, _) = (first, second)[building], (first, second)[1 - building]
 
         if action == "delete":
             await other.call("DELETE", f"/api/v1/projects/{project_id}")
         else:
             await other.call("PUT", f"/api/v1/projects/{project_id}/control", json={"action": "stop"})
-        model.release.set()
+        for model in models:
+            model.release.set()
 
-        # The run has no API of its own: wait until the first instance's engine holds no run.
+        # The run has no API of its own: wait until the building instance's engine holds no run.
         engine = builder_app.state.engine
 
         async def run_ended() -> bool:
             return not engine._runs
 
-        await wait_for(run_ended, what="the first instance's build run to end")
+        await wait_for(run_ended, what="the building instance's build run to end")
 
         agents = await other.call("GET", "/api/v1/agents", params={"project_id": project_id})
         assert agents["items"] == [], "an agent was registered for a build that was ended"
