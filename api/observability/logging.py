@@ -2,9 +2,10 @@
 
 Every record becomes one JSON object in the thread that logged it (only there are its context
 variables and arguments right), then goes through an unbounded queue to a writer thread, so a
-slow disk never blocks the event loop. The writer appends each line with a single write() on an
-O_APPEND descriptor, so several worker processes can share one file, and reopens a file that
-was moved or deleted (logrotate with `create`) or when asked to (SIGHUP).
+slow disk never blocks the event loop. The writer gathers lines for a few milliseconds and
+appends each batch of whole lines with a single write() on an O_APPEND descriptor, so several
+worker processes can share one file, and reopens a file that was moved or deleted (logrotate
+with `create`) or when asked to (SIGHUP).
 """
 
 import atexit
@@ -16,6 +17,7 @@ import queue
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from logging.handlers import QueueHandler
@@ -62,7 +64,11 @@ _TRIGGERS = ("bearer", "basic", "sk-", "akia", "asia", "secret", "passw", "key",
 
 def redact_text(text: str) -> str:
     lowered = text.lower()
-    if not any(trigger in lowered for trigger in _TRIGGERS):
+    # A plain loop: any() over a generator costs twice as much, on every field of every line.
+    for trigger in _TRIGGERS:
+        if trigger in lowered:
+            break
+    else:
         return text
     for pattern, replacement in _SECRET_TEXT:
         text = pattern.sub(replacement, text)
@@ -169,6 +175,9 @@ class _Stream:
 
 _STOP = object()
 _REOPEN = object()
+# The writer wakes at most this often under load, and writes at most this many lines at once.
+BATCH_SECONDS = 0.01
+BATCH_LINES = 1000
 
 
 class _Writer(threading.Thread):
@@ -191,22 +200,44 @@ class _Writer(threading.Thread):
                 self.queue.put_nowait(item)
                 return
         with self.lock:
-            self._handle(item)
+            self._handle_batch([item])
 
     def run(self) -> None:
-        while (item := self.queue.get()) is not _STOP:
+        while True:
+            batch = [self.queue.get()]
+            # Let lines gather, then write them together: waking for every line would take the
+            # GIL from the event loop once per request.
+            time.sleep(BATCH_SECONDS)
+            while len(batch) < BATCH_LINES:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
             with self.lock:
-                self._handle(item)
+                if not self._handle_batch(batch):
+                    return
 
-    def _handle(self, item: Any) -> None:
-        if item is _REOPEN:
-            for sink in self.sinks:
-                sink.close()
-        else:
-            name, data = item
-            for sink in self.sinks:
-                if sink.accepts(name):
-                    self._write(sink, data)
+    def _handle_batch(self, batch: list[Any]) -> bool:
+        """Write the lines with one write per sink; False once _STOP was among them."""
+        pending: list[tuple[str, bytes]] = []
+        for item in batch:
+            if item is _STOP or item is _REOPEN:
+                self._write_lines(pending)
+                pending = []
+                if item is _STOP:
+                    return False
+                for sink in self.sinks:
+                    sink.close()
+            else:
+                pending.append(item)
+        self._write_lines(pending)
+        return True
+
+    def _write_lines(self, lines: list[tuple[str, bytes]]) -> None:
+        for sink in self.sinks:
+            data = b"".join(data for name, data in lines if sink.accepts(name))
+            if data:
+                self._write(sink, data)
 
     @staticmethod
     def _write(sink: _LogFile | _Stream, data: bytes) -> None:
@@ -257,6 +288,10 @@ def _sinks(settings: Settings) -> list[_LogFile | _Stream]:
 def configure_logging(settings: Settings) -> None:
     """Route every logger of the process to JSON lines; safe to call again with new settings."""
     global _writer, _handler
+    # The lines never show a record's caller, thread or process fields: not computing them is
+    # the standard library's documented saving (several microseconds per line).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     if _writer is not None:
         root.removeHandler(_handler)

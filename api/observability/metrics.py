@@ -14,6 +14,7 @@ Values that only the store knows (database up, build success rate) are read at s
 """
 
 import asyncio
+import functools
 import glob
 import os
 import re
@@ -104,15 +105,31 @@ def method_label(method: str) -> str:
     return method if method in _METHODS else "OTHER"
 
 
+# labels() validates and converts its arguments on every call, a few microseconds on every
+# request and store call; the children are kept here instead. Every key is bounded: methods
+# by method_label, routes by the app's templates, statuses by HTTP, operations by the store.
+@functools.cache
+def _request_series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    return (http_requests_total.labels(method, route, str(status)),
+            http_request_duration_seconds.labels(method, route))
+
+
+@functools.cache
+def _db_series(operation: str, ok: bool) -> tuple[Any, Any]:
+    return (db_queries_total.labels(operation, "success" if ok else "error"),
+            db_query_duration_seconds.labels(operation))
+
+
 def record_request(*, method: str, route: str, status: int, seconds: float) -> None:
-    method = method_label(method)
-    http_requests_total.labels(method, route, str(status)).inc()
-    http_request_duration_seconds.labels(method, route).observe(seconds)
+    total, duration = _request_series(method_label(method), route, status)
+    total.inc()
+    duration.observe(seconds)
 
 
 def record_db_operation(*, operation: str, seconds: float, ok: bool, slow: bool) -> None:
-    db_queries_total.labels(operation, "success" if ok else "error").inc()
-    db_query_duration_seconds.labels(operation).observe(seconds)
+    total, duration = _db_series(operation, ok)
+    total.inc()
+    duration.observe(seconds)
     if slow:
         db_slow_queries_total.inc()
 

@@ -66,6 +66,19 @@ def test_production_splits_access_and_error_files(tmp_path: Path) -> None:
     assert not (tmp_path / "logs" / "api.log").exists()
 
 
+def test_a_burst_is_written_whole_in_order_to_each_file(tmp_path: Path) -> None:
+    # The writer gathers lines and writes each file's share of a batch at once.
+    configure_logging(make_settings(tmp_path, environment="production"))
+    for n in range(3000):
+        logging.getLogger("api.access" if n % 3 else "api.engine").info("line %d", n)
+    json_logging.write_logs_directly()
+
+    access = [e["message"] for e in log_entries(tmp_path / "logs" / "access.log")]
+    errors = [e["message"] for e in log_entries(tmp_path / "logs" / "error.log")]
+    assert access == [f"line {n}" for n in range(3000) if n % 3]
+    assert errors == [f"line {n}" for n in range(3000) if not n % 3]
+
+
 def test_log_level_and_debug(tmp_path: Path) -> None:
     configure_logging(make_settings(tmp_path, log_level="warning"))
     logging.getLogger("api.x").info("hidden info")
