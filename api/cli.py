@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import socket
 import sys
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
@@ -32,13 +33,18 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         # which never imports the app) and an empty multiprocess metrics directory.
         **prepare_server(settings),
     }
-    if options["workers"] == 1:
-        uvicorn.run("api.main:app", **options)
+    run_server("api.main:app", **options)
+
+
+def run_server(app: str, **options: Any) -> None:
+    """uvicorn.run, but with several workers their shared socket is declared TCP."""
+    if options.get("workers", 1) == 1:
+        uvicorn.run(app, **options)
         return
     # With several workers uvicorn binds the shared socket with proto 0, so asyncio never sets
     # TCP_NODELAY on the connections and Nagle delays every keep-alive response by ~40 ms
     # (uvicorn#3149): the same descriptor, declared TCP (docs/PERFORMANCE.md, F1).
-    config = uvicorn.Config("api.main:app", **options)
+    config = uvicorn.Config(app, **options)
     bound = config.bind_socket()
     sock = socket.socket(bound.family, bound.type, socket.IPPROTO_TCP, fileno=bound.detach())
     Multiprocess(config, sockets=[sock]).run()

@@ -37,7 +37,7 @@ class Profile:
 
 FULL = Profile(name="full", pairs=10, run_seconds=3, warmup_seconds=3, connections=16,
                latency_connections=1, stats_sizes=(1_000, 1_000_000), projects=100_000,
-               page_depth=1_000, page_limit=20, builds=500, build_pairs=3, build_load_connections=2,
+               page_depth=1_000, page_limit=20, builds=500, build_pairs=5, build_load_connections=2,
                memory_warmup_seconds=60, memory_seconds=540, memory_users=20)
 QUICK = Profile(name="quick", pairs=3, run_seconds=1, warmup_seconds=1, connections=8,
                 latency_connections=1, stats_sizes=(1_000, 10_000), projects=2_000,

@@ -42,8 +42,8 @@ def base_environment() -> dict[str, str]:
 class Server:
     """One server process (with `workers` > 1, uvicorn's supervisor and its workers).
 
-    `variant` is "full" (the operator's `nexus-ai serve`), "full+tcp" (the full app with the
-    socket change bench.serve describes) or an app of bench.apps served by `python -m bench.serve`.
+    `variant` is "full" (the operator's `nexus-ai serve`) or an app of bench.apps served by
+    `python -m bench.serve`.
     """
 
     def __init__(self, variant: str, workdir: Path, *, workers: int = 1,
@@ -67,10 +67,8 @@ class Server:
             self.argv = [PYTHON, "-m", "api.cli", "serve", "--host", HOST, "--port", str(self.port),
                          "--workers", str(workers)]
         else:
-            self.argv = [PYTHON, "-m", "bench.serve", variant.removesuffix("+tcp"), "--port",
-                         str(self.port), "--workers", str(workers)]
-            if variant.endswith("+tcp"):
-                self.argv.append("--tcp")
+            self.argv = [PYTHON, "-m", "bench.serve", variant, "--port", str(self.port),
+                         "--workers", str(workers)]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
