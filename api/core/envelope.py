@@ -1,11 +1,11 @@
 """The response envelopes of the contract, and the error codes with their statuses."""
 
 import traceback
-from datetime import datetime, timezone
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from api.core.clock import utc_now
 from api.core.context import request_id_var
 from api.observability.logging import redact_text
 
@@ -23,11 +23,6 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "SERVICE_UNAVAILABLE": (503, "The service is not accepting this request now; retry shortly."),
     "INTERNAL_ERROR": (500, "Retry; if it persists, report the trace_id to the operators."),
 }
-
-
-def utc_now() -> str:
-    """ISO 8601, UTC, microseconds, `Z` suffix."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def success_body(data: Any) -> dict[str, Any]:

@@ -15,11 +15,11 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
+from api.core.clock import iso_timestamp, utc_now
 from api.core.context import bind
-from api.core.envelope import utc_now
 from api.database.store import ACTIVE_BUILD_STATUSES, Record, Store, StoreError
 from api.engine.stages import progress
 from api.observability import metrics
@@ -47,7 +47,7 @@ class BuildAbandoned(Exception):
 
 
 def _after(seconds: float) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso_timestamp(time.time() + seconds)
 
 
 def _seconds_between(start: str, end: str) -> float:
@@ -262,8 +262,12 @@ class BuildEngine:
                 await self._claim_free_slots()
             except StoreError:
                 logger.exception("Build scheduler could not reach the store")
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
+            # that arrives as the wake-up does (shutdown cancels this loop while the cancelled
+            # runs call wake()), and the loop would poll forever.
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=SCHEDULE_POLL_SECONDS)
+                async with asyncio.timeout(SCHEDULE_POLL_SECONDS):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
 

@@ -16,11 +16,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.config import Settings
 from api.core.context import request_id_var
 from api.core.envelope import internal_error_body
+from api.observability import logging as json_logging
 from api.observability import metrics
 
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
-access_logger = logging.getLogger("api.access")
 logger = logging.getLogger(__name__)
 
 
@@ -105,13 +105,8 @@ class TracingMiddleware:
             # A probe every few seconds would drown the access log; failing probes still show.
             if not probe or status >= 400 or self.log_health_requests:
                 client = scope.get("client")
-                access_logger.info("Request completed", extra={
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "path": path,
-                    "route": route,
-                    "status_code": status,
-                    "duration_seconds": round(duration, 6),
-                    "client_address": client[0] if client else None,
-                })
+                json_logging.log_access(
+                    request_id=request_id, method=scope["method"], path=path, route=route,
+                    status_code=status, duration_seconds=round(duration, 6),
+                    client_address=client[0] if client else None)
             request_id_var.reset(token)

@@ -15,7 +15,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api import __version__
-from api.core.envelope import error_response, ok, utc_now
+from api.core.clock import utc_now
+from api.core.envelope import error_response, ok
 from api.observability import db_observer
 from api.observability.system import sampler
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from api.core import ids
 from api.core.context import bind
-from api.core.envelope import utc_now
+from api.core.clock import utc_now
 from api.core.errors import InvalidState, InvocationFailed, NotFound
 from api.database.store import Page, Record, Store
 from api.observability import metrics

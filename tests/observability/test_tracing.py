@@ -157,3 +157,25 @@ async def test_probes_are_logged_when_asked(tmp_path: Path) -> None:
                                      base_url="http://testserver") as client:
             await client.get("/health", headers={"X-Request-ID": "logged-probe"})
     assert access_line(settings, "logged-probe")["route"] == "/health"
+
+
+async def test_the_access_line_follows_the_log_level_and_masks_the_path(tmp_path: Path) -> None:
+    quiet = make_settings(tmp_path / "quiet", log_level="WARNING")
+    app = create_app(quiet)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://testserver") as client:
+            await client.get("/api/v1/projects", headers={"X-Request-ID": "quiet"})
+            await client.get("/api/v1/projects/token=s3cr3tvalue", headers={"X-Request-ID": "warned"})
+    # The 404 is answered, but at WARNING no access line is written at all.
+    assert not access_entries(quiet.log_dir / "api.log")
+
+    settings = make_settings(tmp_path / "info")
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://testserver") as client:
+            await client.get("/api/v1/projects/token=s3cr3tvalue", headers={"X-Request-ID": "masked"})
+    line = access_line(settings, "masked")
+    assert (line["path"], line["status_code"], line["logger"]) == ("/api/v1/projects/token=***", 404, "api.access")
+    assert "s3cr3tvalue" not in (settings.log_dir / "api.log").read_text()
