@@ -18,7 +18,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from logging.handlers import QueueHandler
 from pathlib import Path
 from typing import Any, TextIO
@@ -94,6 +94,17 @@ def redact(key: str, value: Any) -> Any:
 
 
 # -- formatting --------------------------------------------------------------------------------
+def _entry(created: float, level: str, logger: str, message: str,
+           fields: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """A line's object: the guide's fields, the context, then `fields`, masked."""
+    entry: dict[str, Any] = {"timestamp": iso_timestamp(created), "level": level, "logger": logger,
+                             "message": redact_text(message)}
+    entry.update(current_context())
+    for key, value in fields:
+        entry[key] = redact(key, value)
+    return entry
+
+
 def _dumps(entry: dict[str, Any]) -> str:
     return json.dumps(entry, default=str, ensure_ascii=False)
 
@@ -102,16 +113,9 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record: the guide's fields, the context, the extras, the exception."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "timestamp": iso_timestamp(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": redact_text(record.getMessage()),
-        }
-        entry.update(current_context())
-        for key, value in vars(record).items():
-            if key not in _RECORD_ATTRS and key not in _CORE_FIELDS:
-                entry[key] = redact(key, value)
+        extras = ((key, value) for key, value in vars(record).items()
+                  if key not in _RECORD_ATTRS and key not in _CORE_FIELDS)
+        entry = _entry(record.created, record.levelname, record.name, record.getMessage(), extras)
         if record.exc_info and record.exc_info[0] is not None:
             entry["exception"] = redact_text(self.formatException(record.exc_info))
         if record.stack_info:
@@ -137,11 +141,7 @@ def log_access(**fields: Any) -> None:
     """
     if _writer is None or not _access_logger.isEnabledFor(logging.INFO):
         return
-    entry: dict[str, Any] = {"timestamp": iso_timestamp(time.time()), "level": "INFO",
-                             "logger": ACCESS_LOGGER, "message": "Request completed"}
-    entry.update(current_context())
-    for key, value in fields.items():
-        entry[key] = redact(key, value)
+    entry = _entry(time.time(), "INFO", ACCESS_LOGGER, "Request completed", fields.items())
     _writer.put_nowait((ACCESS_LOGGER, (_dumps(entry) + "\n").encode()))
 
 
