@@ -25,6 +25,7 @@ from tests import moto_server
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 REPO = Path(__file__).resolve().parent.parent
+API_MAIN = [sys.executable, str(REPO / "api" / "main.py")]
 T = TypeVar("T")
 
 REQUIREMENT = "Build an agent that triages customer support tickets and answers refund questions"
@@ -167,51 +168,55 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python api/main.py` as an operator runs it, on a loopback port."""
+    """A server process on a loopback port (by default `python api/main.py`, as an operator
+    runs it); started once /health/ready answers, which is neither counted nor logged."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], command: list[str] = API_MAIN) -> None:
         self.workdir = workdir
+        self.command = command
         self.port = free_port()
-        self.env = {**os.environ, "API_HOST": "127.0.0.1", "API_PORT": str(self.port),
-                    "DATA_DIR": str(workdir / "data"), "LOG_DIR": str(workdir / "logs"), **env}
+        self.log_dir = workdir / "logs"
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "API_HOST": "127.0.0.1",
+                    "API_PORT": str(self.port), "DATA_DIR": str(workdir / "data"),
+                    "LOG_DIR": str(self.log_dir), **env}
         self.process: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.output = workdir / f"server-{self.port}.out"
 
     def start(self) -> "ServerProcess":
-        self.stderr_path = self.workdir / f"server-{self.port}.stderr"
-        with open(self.stderr_path, "ab") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, str(REPO / "api" / "main.py")], cwd=self.workdir, env=self.env,
-                stdout=stderr, stderr=stderr)
+        with open(self.output, "ab") as output:
+            self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env,
+                                            stdout=output, stderr=output)
         wait_until(self._ready, timeout=30, what="the server to be ready")
         return self
 
     def _ready(self) -> bool:
-        # Readiness, not an API call: probes are neither counted in the statistics nor logged.
         assert self.process is not None
         if self.process.poll() is not None:
-            raise AssertionError(f"server exited: {self.stderr_path.read_text()[-3000:]}")
+            raise AssertionError(f"server exited: {self.output.read_text()[-3000:]}")
         try:
             return httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
+        """Send `sig`; returns the exit status."""
         assert self.process is not None
-        self.process.send_signal(sig)
-        return self.process.wait(timeout=30)
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=60)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.kill(signal.SIGTERM)
+    def stop(self) -> int:
+        """SIGTERM, as an orchestrator stops it; returns the exit status."""
+        return self.kill(signal.SIGTERM)
 
 
 @pytest.fixture
 def server_factory(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     servers: list[ServerProcess] = []
 
-    def start(**env: str) -> ServerProcess:
-        server = ServerProcess(tmp_path, env).start()
+    def start(*, command: list[str] = API_MAIN, **env: str) -> ServerProcess:
+        server = ServerProcess(tmp_path, env, command).start()
         servers.append(server)
         return server
 

@@ -12,8 +12,8 @@ import pytest
 from api.core.context import bind
 from api.observability import logging as json_logging
 from api.observability.setup import configure_logging
-from tests.conftest import make_settings
-from tests.observability.conftest import log_entries, wait_until
+from tests.conftest import make_settings, wait_until
+from tests.observability.conftest import log_entries
 
 
 def lines_with(path: Path, text: str, count: int = 1) -> list[dict]:

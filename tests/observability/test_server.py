@@ -12,19 +12,17 @@ from pathlib import Path
 import httpx
 from prometheus_client.mmap_dict import MmapedDict
 
-from tests.conftest import REQUIREMENT
+from tests.conftest import REQUIREMENT, ServerProcess, wait_until
 from tests.observability.conftest import (
     FAILING_APP,
-    Server,
     access_entries,
     log_entries,
     parse_samples,
     sample,
-    tool,
-    wait_until,
 )
+from tests.tooling import tool
 
-Serve = Callable[..., Server]
+Serve = Callable[..., ServerProcess]
 
 
 def shell(command: str, cwd: Path) -> str:
@@ -35,14 +33,14 @@ def shell(command: str, cwd: Path) -> str:
     return result.stdout
 
 
-def send_invalid_http(server: Server) -> None:
+def send_invalid_http(server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
         sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
         sock.recv(1024)
 
 
-def test_a_real_run_writes_only_json_lines_that_the_guide_commands_find(serve: Serve) -> None:
-    server = serve(command=FAILING_APP, SLOW_QUERY_THRESHOLD_SECONDS="0")
+def test_a_real_run_writes_only_json_lines_that_the_guide_commands_find(server_factory: Serve) -> None:
+    server = server_factory(command=FAILING_APP, SLOW_QUERY_THRESHOLD_SECONDS="0")
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
         created = client.post("/api/v1/projects", json={"requirement": REQUIREMENT},
                               headers={"X-Request-ID": "build-req-1"}).json()["data"]
@@ -83,7 +81,7 @@ def test_a_real_run_writes_only_json_lines_that_the_guide_commands_find(serve: S
     assert len(shell('grep "build-req-1" logs/api.log', workdir).splitlines()) >= len(build_lines)
     assert shell(f'grep "{project_id}" logs/api.log', workdir)
 
-    tool("jq", "jq")
+    tool("jq", "apt-get install -y jq")
     assert shell("""cat logs/api.log | jq 'select(.level == "ERROR") | .message'""",
                  workdir).splitlines() == ['"Unhandled exception"']
     counts = dict(reversed(line.split()) for line in
@@ -95,8 +93,8 @@ def test_a_real_run_writes_only_json_lines_that_the_guide_commands_find(serve: S
     assert len(traced.splitlines()) >= len(build_lines)
 
 
-def test_production_writes_one_access_line_per_request(serve: Serve) -> None:
-    server = serve(ENVIRONMENT="production")
+def test_production_writes_one_access_line_per_request(server_factory: Serve) -> None:
+    server = server_factory(ENVIRONMENT="production")
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
         statuses = [client.get("/api/v1/projects").status_code for _ in range(5)]
         statuses += [client.get("/nope").status_code for _ in range(2)]
@@ -116,8 +114,8 @@ def test_production_writes_one_access_line_per_request(serve: Serve) -> None:
     assert not (server.log_dir / "api.log").exists()
 
 
-def test_rotation_under_steady_requests_loses_no_line(serve: Serve) -> None:
-    server = serve()
+def test_rotation_under_steady_requests_loses_no_line(server_factory: Serve) -> None:
+    server = server_factory()
     log = server.log_dir / "api.log"
     sent: list[int] = []
     stop = threading.Event()
@@ -152,9 +150,9 @@ def test_rotation_under_steady_requests_loses_no_line(serve: Serve) -> None:
     assert logged == len(sent)
 
 
-def test_two_workers_count_every_request_exactly_once(serve: Serve, tmp_path: Path) -> None:
+def test_two_workers_count_every_request_exactly_once(server_factory: Serve, tmp_path: Path) -> None:
     multiproc_dir = tmp_path / "prometheus-multiproc"
-    server = serve(WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir))
+    server = server_factory(WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir))
     wait_until(lambda: [e["message"] for e in log_entries(server.log_dir / "api.log")]
                .count("Application startup complete.") == 2, what="both workers to start")
     requests = 120
@@ -193,8 +191,8 @@ def requests_per_worker(multiproc_dir: Path) -> dict[int, float]:
     return counts
 
 
-def test_promtool_accepts_the_exposition(serve: Serve) -> None:
-    server = serve()
+def test_promtool_accepts_the_exposition(server_factory: Serve) -> None:
+    server = server_factory()
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
         client.get("/api/v1/projects")
         client.get("/nope")
@@ -202,6 +200,6 @@ def test_promtool_accepts_the_exposition(serve: Serve) -> None:
 
 
 def promtool_check(exposition: str) -> None:
-    result = subprocess.run([tool("promtool", "prometheus"), "check", "metrics"], input=exposition,
+    result = subprocess.run([tool("promtool", "apt-get install -y prometheus"), "check", "metrics"], input=exposition,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 
 from api.config import Settings
 from api.main import create_app
-from tests.conftest import make_settings
-from tests.observability.conftest import access_entries, log_entries, wait_until
+from tests.conftest import make_settings, wait_until
+from tests.observability.conftest import access_entries, log_entries
 
 BAD_IDS = ["has space", "semi;colon", "x" * 129, "é-accent", ""]
 
