@@ -32,7 +32,7 @@ import logging
 import math
 import random
 from collections import Counter, OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -335,7 +335,7 @@ async def _back_off(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, delay))
 
 
-def _chunks(values: list[Any], size: int) -> Iterable[list[Any]]:
+def _chunks(values: Sequence[Any], size: int) -> Iterable[list[Any]]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
 
@@ -1043,7 +1043,10 @@ class DynamoDBStore(Store):
         return {"build_id": build_id, "status": item["status"]["S"]}
 
     async def update_build(self, *, build_id: str, changes: Record, expect_status: tuple[str, ...],
-                           expect_owner: str | None = None) -> bool:
+                           expect_owner: str | None = None, logs: Sequence[Record] = (),
+                           artifacts: Sequence[Record] = ()) -> bool:
+        """Three transactions at most (a step's artifacts may exceed one): the artifacts, the
+        change, then the log lines if the change was made."""
         def decide(build: Record) -> Record | None:
             if build["status"] not in expect_status:
                 return None
@@ -1051,8 +1054,14 @@ class DynamoDBStore(Store):
                 return None
             return changes
 
-        return await self._change_build("update_build", build_id, decide, cached=True,
-                                        check_lease=False)
+        if artifacts:
+            await self._put_artifacts(artifacts)
+        if not await self._change_build("update_build", build_id, decide, cached=True,
+                                        check_lease=False):
+            return False
+        if logs:
+            await self._append_build_logs(build_id, logs)
+        return True
 
     async def _change_build(self, operation: str, build_id: str,
                             decide: Callable[[Record], Record | None], *, cached: bool,
@@ -1156,7 +1165,7 @@ class DynamoDBStore(Store):
                                         mirror_expression, update, condition))
         return actions, written
 
-    async def append_build_logs(self, *, build_id: str, entries: list[Record]) -> None:
+    async def _append_build_logs(self, build_id: str, entries: Sequence[Record]) -> None:
         """Lines are numbered per build by the build's small `#LOGS` item, advanced in the
         transaction that stores them, so they list in the order they were appended. The item
         exists as long as the build does: lines for a build that no longer exists are dropped."""
@@ -1205,7 +1214,7 @@ class DynamoDBStore(Store):
                                       sk_prefix=f"LOG#{stage}#")
         return [_record(item, LOG_FIELDS) for item in items]
 
-    async def put_artifacts(self, *, artifacts: list[Record]) -> None:
+    async def _put_artifacts(self, artifacts: Sequence[Record]) -> None:
         """Stored in their project's partition, conditional on their builds and projects
         existing, so that a build still writing after its project was deleted leaves nothing
         behind."""

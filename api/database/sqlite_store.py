@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -156,8 +156,23 @@ def _mirror_on_project(conn: sqlite3.Connection, build: Record) -> None:
     )
 
 
-def _build_exists(conn: sqlite3.Connection, build_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM builds WHERE build_id = ?", (build_id,)).fetchone() is not None
+def _append_build_logs(conn: sqlite3.Connection, build_id: str, entries: Sequence[Record]) -> None:
+    seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM build_logs WHERE build_id = ?",
+                       (build_id,)).fetchone()[0]
+    conn.executemany(
+        "INSERT INTO build_logs (build_id, seq, stage, timestamp, level, message) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(build_id, seq + offset, entry["stage"], entry["timestamp"], entry["level"],
+          entry["message"]) for offset, entry in enumerate(entries, start=1)])
+
+
+def _put_artifacts(conn: sqlite3.Connection, artifacts: Sequence[Record]) -> None:
+    conn.executemany(
+        "INSERT INTO artifacts (project_id, path, build_id, stage, content, size, created_at) "
+        "VALUES (:project_id, :path, :build_id, :stage, :content, :size, :created_at) "
+        "ON CONFLICT (project_id, path) DO UPDATE SET build_id = excluded.build_id, "
+        "stage = excluded.stage, content = excluded.content, size = excluded.size, "
+        "created_at = excluded.created_at", artifacts)
 
 
 def _claimable_condition() -> str:
@@ -395,7 +410,8 @@ class SQLiteStore(Store):
         return await self._write("renew_leases", work)
 
     async def update_build(self, *, build_id: str, changes: Record, expect_status: tuple[str, ...],
-                           expect_owner: str | None = None) -> bool:
+                           expect_owner: str | None = None, logs: Sequence[Record] = (),
+                           artifacts: Sequence[Record] = ()) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             current = _row(conn.execute("SELECT * FROM builds WHERE build_id = ?",
                                         (build_id,)).fetchone())
@@ -412,41 +428,18 @@ class SQLiteStore(Store):
             if updated["status"] != current["status"] and updated["status"] in FINAL_BUILD_STATUSES:
                 _count_finished_build(conn, updated)
             _mirror_on_project(conn, updated)
+            if logs:
+                _append_build_logs(conn, build_id, logs)
+            if artifacts:
+                _put_artifacts(conn, artifacts)
             return True
 
         return await self._write("update_build", work)
-
-    async def append_build_logs(self, *, build_id: str, entries: list[Record]) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            if not _build_exists(conn, build_id):
-                return
-            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM build_logs WHERE build_id = ?",
-                               (build_id,)).fetchone()[0]
-            conn.executemany(
-                "INSERT INTO build_logs (build_id, seq, stage, timestamp, level, message) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(build_id, seq + offset, entry["stage"], entry["timestamp"], entry["level"],
-                  entry["message"]) for offset, entry in enumerate(entries, start=1)])
-
-        await self._write("append_build_logs", work)
 
     async def list_build_logs(self, *, build_id: str, stage: str) -> list[Record]:
         return await self._read("list_build_logs", lambda conn: _rows(conn.execute(
             "SELECT stage, timestamp, level, message FROM build_logs "
             "WHERE build_id = ? AND stage = ? ORDER BY seq", (build_id, stage)).fetchall()))
-
-    async def put_artifacts(self, *, artifacts: list[Record]) -> None:
-        def work(conn: sqlite3.Connection) -> None:
-            if not all(_build_exists(conn, build_id) for build_id in {a["build_id"] for a in artifacts}):
-                return
-            conn.executemany(
-                "INSERT INTO artifacts (project_id, path, build_id, stage, content, size, created_at) "
-                "VALUES (:project_id, :path, :build_id, :stage, :content, :size, :created_at) "
-                "ON CONFLICT (project_id, path) DO UPDATE SET build_id = excluded.build_id, "
-                "stage = excluded.stage, content = excluded.content, size = excluded.size, "
-                "created_at = excluded.created_at", artifacts)
-
-        await self._write("put_artifacts", work)
 
     async def list_artifacts(self, *, project_id: str) -> list[Record]:
         return await self._read("list_artifacts", lambda conn: _rows(conn.execute(

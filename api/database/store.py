@@ -13,7 +13,7 @@ transaction as the event they count, so the statistics are exact and never need 
 import abc
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -185,25 +185,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def update_build(
         self, *, build_id: str, changes: Record, expect_status: tuple[str, ...],
-        expect_owner: str | None = None,
+        expect_owner: str | None = None, logs: Sequence[Record] = (),
+        artifacts: Sequence[Record] = (),
     ) -> bool:
         """Apply `changes` to the build (and mirror status, progress and stage on its
         project) if its status is one of `expect_status` (and, given, its owner matches).
 
-        A change to a final status updates the build aggregates in the same transaction."""
-
-    @abc.abstractmethod
-    async def append_build_logs(self, *, build_id: str, entries: list[Record]) -> None:
-        """Entries: stage, timestamp, level, message. Nothing is written for a build that no
-        longer exists (its project was deleted while the stage ran)."""
+        A change to a final status updates the build aggregates in the same transaction.
+        `logs` (stage, timestamp, level, message) are appended to the build's stage logs and
+        `artifacts` (project_id, build_id, path, stage, content, size, created_at) upserted by
+        (project_id, path) with the change: a build step's output and progress are one write.
+        Lines are written only when the change is; so are artifacts on SQLite (one
+        transaction), while DynamoDB writes them first, so that a step is never recorded
+        complete without its output."""
 
     @abc.abstractmethod
     async def list_build_logs(self, *, build_id: str, stage: str) -> list[Record]: ...
-
-    @abc.abstractmethod
-    async def put_artifacts(self, *, artifacts: list[Record]) -> None:
-        """Upsert by (project_id, path). Keys: project_id, build_id, path, stage, content,
-        size, created_at. Nothing is written for a build that no longer exists."""
 
     @abc.abstractmethod
     async def list_artifacts(self, *, project_id: str) -> list[Record]:

@@ -77,70 +77,94 @@ class BuildRun:
         self.build_id = build["build_id"]
         self.stages: list[dict[str, Any]] = build["stages"]
         self.context: dict[str, Any] = build["context"]
+        self._lines: list[Record] = []  # stage log lines not yet saved
 
-    async def _save(self, **changes: Any) -> None:
+    async def _write(self, expect_status: tuple[str, ...], logs: list[Record],
+                     artifacts: list[Record], changes: dict[str, Any]) -> bool:
+        """Progress, with `logs` and `artifacts`, in one store write conditional on the build
+        still being ours: one transaction per step boundary (docs/PERFORMANCE.md, item 6)."""
         current = next((s["name"] for s in self.stages if s["status"] == "running"), None)
-        saved = await self.store.update_build(
+        return await self.store.update_build(
             build_id=self.build_id,
             changes={"stages": self.stages, "context": self.context, "progress": progress(self.stages),
                      "current_stage": current, "updated_at": utc_now(), **changes},
-            expect_status=WORKING_STATUSES, expect_owner=self.engine.instance_id)
-        if not saved:
-            raise BuildAbandoned("build was stopped, deleted or taken over")
+            expect_status=expect_status, expect_owner=self.engine.instance_id,
+            logs=logs, artifacts=artifacts)
 
-    async def _checkpoint(self) -> None:
-        """A stage or sub-stage boundary: where pause, stop and delete take effect."""
+    async def _save(self, artifacts: list[Record] | None = None, **changes: Any) -> None:
+        """Progress, and the stage log lines logged since the last save."""
+        if not await self._write(WORKING_STATUSES, self._lines, artifacts or [], changes):
+            raise BuildAbandoned("build was stopped, deleted or taken over")
+        self._lines = []
+
+    async def _start(self, stage: str, step: dict[str, Any]) -> None:
+        """A stage or sub-stage boundary, where pause, stop and delete take effect: the step
+        is marked running by a write that requires the build to be running and ours."""
+        step["status"] = "running"
+        step["started_at"] = step["started_at"] or utc_now()
+        message = f"{step['name']} started"
+        while not await self._write(("running",), [self._line(stage, message)], [], {}):
+            await self._pause_or_abandon(stage, step)
+        logger.info(message, extra={"stage": stage})
+
+    async def _pause_or_abandon(self, stage: str, step: dict[str, Any]) -> None:
+        """After a refused start: hand a paused build back to the store, unowned; return if it
+        was resumed meanwhile (the caller tries again)."""
         build = await self.store.get_build(build_id=self.build_id)
         if build is None or build["status"] not in WORKING_STATUSES or build["owner"] != self.engine.instance_id:
             raise BuildAbandoned("build was stopped, deleted or taken over")
         if build["status"] == "paused":
-            released = await self.store.update_build(
-                build_id=self.build_id, changes={"owner": None, "lease_until": None, "updated_at": utc_now()},
-                expect_status=("paused",), expect_owner=self.engine.instance_id)
-            if released:
-                step = next((s["name"] for s in self.stages if s["status"] != "completed"), None)
-                await self._log(step or "agent_deployer", f"Build paused before {step}")
+            message = f"Build paused before {step['name']}"
+            if await self.store.update_build(
+                    build_id=self.build_id, changes={"owner": None, "lease_until": None, "updated_at": utc_now()},
+                    expect_status=("paused",), expect_owner=self.engine.instance_id,
+                    logs=[self._line(stage, message)]):
+                logger.info(message, extra={"stage": stage})
                 raise BuildAbandoned("paused")
-            await self._checkpoint()  # resumed or stopped meanwhile: look again
 
-    async def _log(self, stage: str, *messages: str, level: int = logging.INFO) -> None:
-        """Stage log lines: to the process log (with the build's context) and, in one write,
-        to the stage's stored log."""
-        timestamp = utc_now()
+    @staticmethod
+    def _line(stage: str, message: str, level: int = logging.INFO) -> Record:
+        return {"stage": stage, "timestamp": utc_now(), "level": logging.getLevelName(level),
+                "message": message}
+
+    def _log(self, stage: str, *messages: str, level: int = logging.INFO) -> None:
+        """Stage log lines: to the process log now (with the build's context), to the stage's
+        stored log with the next save."""
         for message in messages:
             logger.log(level, message, extra={"stage": stage})
-        await self.store.append_build_logs(build_id=self.build_id, entries=[
-            {"stage": stage, "timestamp": timestamp, "level": logging.getLevelName(level),
-             "message": message} for message in messages])
+            self._lines.append(self._line(stage, message, level))
 
-    async def _work(self, stage: str, step: dict[str, Any]) -> None:
-        """Run one stage or sub-stage (`step`) through the provider and keep its output."""
-        await self._checkpoint()
-        step["status"] = "running"
-        step["started_at"] = step["started_at"] or utc_now()
-        await self._save()
-        await self._log(stage, f"{step['name']} started")
+    async def _work(self, stage: str, step: dict[str, Any], *, last: bool = False) -> None:
+        """Run one stage or sub-stage (`step`) through the provider and save its output; the
+        last step also registers the agent and finishes the build."""
+        async with self.engine.turn:
+            await self._start(stage, step)
         started = time.perf_counter()
         try:
             output: StageOutput = await self.engine.provider.run_stage(
                 stage=step["name"], requirement=self.project["requirement"], context=self.context)
         except ProviderError as exc:
             raise StageFailed("PROVIDER_ERROR", str(exc)) from exc
-        compile_check(output.artifacts)
-        created_at = utc_now()
-        if output.artifacts:
-            await self.store.put_artifacts(artifacts=[
-                {"project_id": self.project["project_id"], "build_id": self.build_id, "path": path,
-                 "stage": stage, "content": content, "size": len(content.encode()),
-                 "created_at": created_at}
-                for path, content in output.artifacts.items()])
-        self.context.update(output.context)
         seconds = time.perf_counter() - started
-        metrics.record_stage(stage=step["name"], seconds=seconds)
-        step["status"] = "completed"
-        step["completed_at"] = utc_now()
-        step["duration_seconds"] = round(seconds, 6)
-        await self._log(stage, *output.logs, f"{step['name']} completed in {seconds:.3f}s")
+        async with self.engine.turn:
+            compile_check(output.artifacts)
+            created_at = utc_now()
+            self.context.update(output.context)
+            metrics.record_stage(stage=step["name"], seconds=seconds)
+            step["status"] = "completed"
+            step["completed_at"] = utc_now()
+            step["duration_seconds"] = round(seconds, 6)
+            self._log(stage, *output.logs, f"{step['name']} completed in {seconds:.3f}s")
+            artifacts = [{"project_id": self.project["project_id"], "build_id": self.build_id,
+                          "path": path, "stage": stage, "content": content,
+                          "size": len(content.encode()), "created_at": created_at}
+                         for path, content in output.artifacts.items()]
+            if last:
+                # Progress reaches 100 in the same write that marks the build succeeded.
+                await self._register_agent()
+                await self._finish("succeeded", artifacts=artifacts)
+            else:
+                await self._save(artifacts)
 
     async def _register_agent(self) -> None:
         design = self.context["design"]
@@ -155,37 +179,32 @@ class BuildRun:
             "created_at": now, "updated_at": now})
         if not registered:
             raise BuildAbandoned("build was stopped, deleted or taken over")
-        await self._log("agent_deployer", f"Registered agent {agent_id}")
+        self._log("agent_deployer", f"Registered agent {agent_id}")
 
     async def execute(self) -> None:
         for stage in self.stages:
             if stage["status"] == "completed":
                 continue
-            if stage["sub_stages"]:
-                await self._checkpoint()
-                stage["status"] = "running"
-                stage["started_at"] = stage["started_at"] or utc_now()
-                for sub in stage["sub_stages"]:
-                    if sub["status"] != "completed":
-                        await self._work(stage["name"], sub)
-                        await self._save()
-                stage["status"] = "completed"
-                stage["completed_at"] = utc_now()
-                stage["duration_seconds"] = round(_seconds_between(stage["started_at"], stage["completed_at"]), 6)
-                metrics.record_stage(stage=stage["name"], seconds=stage["duration_seconds"])
-            else:
-                await self._work(stage["name"], stage)
-            if stage is self.stages[-1]:
-                # Progress reaches 100 in the same write that marks the build succeeded.
-                await self._register_agent()
-                await self._finish("succeeded")
-            else:
+            if not stage["sub_stages"]:
+                await self._work(stage["name"], stage, last=stage is self.stages[-1])
+                continue
+            stage["status"] = "running"
+            stage["started_at"] = stage["started_at"] or utc_now()
+            for sub in stage["sub_stages"]:
+                if sub["status"] != "completed":
+                    await self._work(stage["name"], sub)
+            stage["status"] = "completed"
+            stage["completed_at"] = utc_now()
+            stage["duration_seconds"] = round(_seconds_between(stage["started_at"], stage["completed_at"]), 6)
+            metrics.record_stage(stage=stage["name"], seconds=stage["duration_seconds"])
+            async with self.engine.turn:
                 await self._save()
 
-    async def _finish(self, status: str, error: dict[str, str] | None = None) -> None:
+    async def _finish(self, status: str, error: dict[str, str] | None = None,
+                      artifacts: list[Record] | None = None) -> None:
         finished_at = utc_now()
         duration = _seconds_between(self.build["started_at"], finished_at)
-        await self._save(status=status, finished_at=finished_at, duration_seconds=duration,
+        await self._save(artifacts, status=status, finished_at=finished_at, duration_seconds=duration,
                          error=error, owner=None, lease_until=None)
         metrics.record_build_finished(status=status, duration_seconds=duration)
         logger.info(f"Build {status}", extra={"duration_seconds": round(duration, 6),
@@ -200,7 +219,7 @@ class BuildRun:
             for sub in running["sub_stages"]:
                 if sub["status"] == "running":
                     sub["status"] = "failed"
-            await self._log(running["name"], f"{running['name']} failed: {message}", level=logging.ERROR)
+            self._log(running["name"], f"{running['name']} failed: {message}", level=logging.ERROR)
         await self._finish("failed", {"stage": stage_name, "code": code, "message": message})
 
 
@@ -218,6 +237,10 @@ class BuildEngine:
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
+        # One build at a time does its bookkeeping (store writes and the work around them on
+        # the event loop); stages' model calls run concurrently. Without it, builds whose
+        # stages take no time crowd API requests out of the loop (docs/PERFORMANCE.md, item 6).
+        self.turn = asyncio.Lock()
 
     async def start(self) -> None:
         self.accepting = True

@@ -67,11 +67,12 @@ async def everything_under_a_project(store: DynamoDBStore) -> tuple[dict[str, An
     project, build = await add_project(store)
     assert await store.claim_build(build_id=build["build_id"], owner="engine_a",
                                    lease_until=ts(600), now=ts(1))
-    await store.append_build_logs(build_id=build["build_id"], entries=[
-        {"stage": "orchestrator", "timestamp": ts(2), "level": "INFO", "message": "started"}])
-    await store.put_artifacts(artifacts=[
-        {"project_id": project["project_id"], "build_id": build["build_id"], "path": "agent/a.py",
-         "stage": "agent_developer_manager", "content": "x = 1\n", "size": 6, "created_at": ts(3)}])
+    assert await store.update_build(
+        build_id=build["build_id"], changes={"updated_at": ts(3)}, expect_status=("running",),
+        logs=[{"stage": "orchestrator", "timestamp": ts(2), "level": "INFO", "message": "started"}],
+        artifacts=[{"project_id": project["project_id"], "build_id": build["build_id"],
+                    "path": "agent/a.py", "stage": "agent_developer_manager", "content": "x = 1\n",
+                    "size": 6, "created_at": ts(3)}])
     agent = new_agent(project["project_id"], capabilities=["alpha", "beta"])
     await store.put_agent(agent=agent)
     session = new_session(agent, at=ts(4))
@@ -299,13 +300,15 @@ async def test_items_over_400_kb_are_refused_naming_the_field(store: DynamoDBSto
     assert await store.get_session(session_id=session["session_id"]) is None
 
     project, build = await add_project(store)
+    before = await store.get_build(build_id=build["build_id"])
     with pytest.raises(ValidationFailed) as refused:
-        await store.put_artifacts(artifacts=[
+        await store.update_build(build_id=build["build_id"], changes={"progress": 5.0},
+                                 expect_status=("queued",), artifacts=[
             {"project_id": project["project_id"], "build_id": build["build_id"], "path": "big.txt",
              "stage": "agent_design", "content": "y" * 500_000, "size": 500_000,
              "created_at": ts(2)}])
     assert refused.value.details[0]["field"] == "content"
-    before = await store.get_build(build_id=build["build_id"])
+    assert await store.get_build(build_id=build["build_id"]) == before
     with pytest.raises(ValidationFailed) as refused:
         await store.update_build(build_id=build["build_id"], changes={"context": {"blob": "z" * 450_000}},
                                  expect_status=("queued",))
@@ -318,7 +321,8 @@ async def test_empty_and_oversized_key_values_are_handled_without_raw_errors(
     project, build = await add_project(store, user_id="")
     assert [p["project_id"] for p in (await store.list_projects(
         limit=5, last_key=None, user_id="")).items] == [project["project_id"]]
-    await store.put_artifacts(artifacts=[
+    assert await store.update_build(build_id=build["build_id"], changes={"updated_at": ts(1)},
+                                    expect_status=("queued",), artifacts=[
         {"project_id": project["project_id"], "build_id": build["build_id"], "path": "",
          "stage": "", "content": "", "size": 0, "created_at": ts(1)}])
     assert (await store.get_artifact(project_id=project["project_id"], path=""))["content"] == ""

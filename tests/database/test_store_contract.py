@@ -296,11 +296,13 @@ async def test_delete_project_removes_everything_under_it(store: Store) -> None:
     assert await store.claim_build(build_id=second["build_id"], owner="engine_a",
                                    lease_until=ts(600), now=ts(121))
     for build in (first, second):
-        await store.append_build_logs(build_id=build["build_id"], entries=[
-            {"stage": "orchestrator", "timestamp": ts(130), "level": "INFO", "message": "started"}])
-    await store.put_artifacts(artifacts=[
-        {"project_id": project_id, "build_id": first["build_id"], "path": "agent/a.py",
-         "stage": "agent_developer_manager", "content": "x = 1\n", "size": 6, "created_at": ts(61)}])
+        assert await store.update_build(
+            build_id=build["build_id"], changes={"updated_at": ts(130)},
+            expect_status=("succeeded", "running"),
+            logs=[{"stage": "orchestrator", "timestamp": ts(130), "level": "INFO", "message": "started"}],
+            artifacts=[{"project_id": project_id, "build_id": build["build_id"],
+                        "path": f"agent/{build['build_id']}.py", "stage": "agent_developer_manager",
+                        "content": "x = 1\n", "size": 6, "created_at": ts(130)}])
     agent = new_agent(project_id, capabilities=["cascade_cap"])
     await store.put_agent(agent=agent)
     session = new_session(agent, at=ts(200))
@@ -328,7 +330,8 @@ async def test_delete_project_removes_everything_under_it(store: Store) -> None:
     claimable = await store.list_claimable_builds(now=ts(10_000), limit=10)
     assert second["build_id"] not in {b["build_id"] for b in claimable}
     assert await store.list_artifacts(project_id=project_id) == []
-    assert await store.get_artifact(project_id=project_id, path="agent/a.py") is None
+    for build in (first, second):
+        assert await store.get_artifact(project_id=project_id, path=f"agent/{build['build_id']}.py") is None
     assert await store.get_agent(agent_id=agent["agent_id"]) is None
     assert (await store.list_agents(limit=10, last_key=None, project_id=project_id)).items == []
     by_capability = await store.list_agents(limit=10, last_key=None, capabilities=["cascade_cap"])
@@ -626,11 +629,15 @@ async def test_build_logs_are_kept_per_build_and_stage_in_order(store: Store) ->
     def entry(stage: str, message: str, at: float) -> Record:
         return {"stage": stage, "timestamp": ts(at), "level": "INFO", "message": message}
 
-    await store.append_build_logs(build_id=build["build_id"], entries=[
-        entry("orchestrator", "one", 1), entry("requirements_analysis", "two", 2)])
-    await store.append_build_logs(build_id=build["build_id"], entries=[
-        entry("orchestrator", "three", 3), entry("orchestrator", "four", 3)])
-    await store.append_build_logs(build_id=other["build_id"], entries=[entry("orchestrator", "x", 1)])
+    async def write(build: Record, *lines: Record, expect_status: tuple[str, ...] = ("queued",)) -> bool:
+        return await store.update_build(build_id=build["build_id"], changes={"updated_at": ts(4)},
+                                        expect_status=expect_status, logs=list(lines))
+
+    assert await write(build, entry("orchestrator", "one", 1), entry("requirements_analysis", "two", 2))
+    assert await write(build, entry("orchestrator", "three", 3), entry("orchestrator", "four", 3))
+    assert await write(other, entry("orchestrator", "x", 1))
+    # Lines go with the change: a refused change writes none.
+    assert not await write(build, entry("orchestrator", "refused", 4), expect_status=("running",))
 
     assert await store.list_build_logs(build_id=build["build_id"], stage="orchestrator") == [
         entry("orchestrator", "one", 1), entry("orchestrator", "three", 3),
@@ -649,10 +656,14 @@ async def test_artifacts_are_upserted_by_path_and_listed_without_content(store: 
                 "stage": stage, "content": content, "size": len(content.encode()),
                 "created_at": ts(at)}
 
-    await store.put_artifacts(artifacts=[artifact("tools/b.py", "b = 2\n", "agent_developer_manager", 1),
-                                         artifact("design/a.json", "{}\n", "agent_design", 1)])
+    async def write(*artifacts: Record) -> None:
+        assert await store.update_build(build_id=build["build_id"], changes={"updated_at": ts(5)},
+                                        expect_status=("queued",), artifacts=list(artifacts))
+
+    await write(artifact("tools/b.py", "b = 2\n", "agent_developer_manager", 1),
+                artifact("design/a.json", "{}\n", "agent_design", 1))
     newer = artifact("design/a.json", '{"v": 2}\n', "agent_design", 5)
-    await store.put_artifacts(artifacts=[newer])
+    await write(newer)
 
     listed = await store.list_artifacts(project_id=project_id)
     assert [a["path"] for a in listed] == ["design/a.json", "tools/b.py"]
