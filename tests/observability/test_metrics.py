@@ -74,6 +74,10 @@ async def test_builds_invocations_and_database_series(api: Api) -> None:
     assert sample(after, "nexus_api_info", version="1.0.0") == 1
     assert delta(before, after, "db_queries_total", operation="create_project", outcome="success") == 1
     assert delta(before, after, "db_query_duration_seconds_count", operation="create_project") == 1
+    # A build writes once per step boundary: each of its 8 steps is started by one write and
+    # completed by one that carries the step's log lines and artifacts, plus the completion
+    # of the stage with sub-stages.
+    assert delta(before, after, "db_queries_total", operation="update_build", outcome="success") == 17
     assert sample(after, "process_memory_percent") > 0
     assert ("process_cpu_percent", frozenset()) in after
     assert ("process_resident_memory_bytes", frozenset()) in after  # prometheus_client's own

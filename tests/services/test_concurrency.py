@@ -135,6 +135,33 @@ async def test_builds_beyond_the_limit_queue_and_start_in_creation_order(api: Ap
         6, 6, 0, round(sum(durations) / 6 / 60, 3), {})
 
 
+class CountingModel(OfflineProvider):
+    """Stands in for a hosted model that takes 50 ms a call; keeps the most calls in flight."""
+
+    def __init__(self) -> None:
+        super().__init__(stage_delay_seconds=0.05)
+        self.in_flight = self.most_in_flight = 0
+
+    async def run_stage(self, *, stage: str, requirement: str, context: dict[str, Any]) -> StageOutput:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            return await super().run_stage(stage=stage, requirement=requirement, context=context)
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.parametrize("settings_overrides", [{"max_concurrent_builds": 3}], ids=["three_slots"])
+@pytest.mark.parametrize("provider", [CountingModel()], ids=["counting_model"])
+async def test_builds_wait_on_the_model_together(api: Api, provider: CountingModel) -> None:
+    """The engine runs one build's bookkeeping at a time, never one model call at a time."""
+    project_ids = [(await api.create_project(f"{REQUIREMENT} number {n}"))["project_id"]
+                   for n in range(3)]
+    for project_id in project_ids:
+        await api.wait_status(project_id, "completed")
+    assert provider.most_in_flight == 3
+
+
 @pytest.mark.parametrize("settings_overrides",
                          [{"max_concurrent_builds": 3, "offline_stage_delay_seconds": 0.0}],
                          ids=["three_slots"])
