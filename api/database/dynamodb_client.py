@@ -1045,8 +1045,9 @@ class DynamoDBStore(Store):
     async def update_build(self, *, build_id: str, changes: Record, expect_status: tuple[str, ...],
                            expect_owner: str | None = None, logs: Sequence[Record] = (),
                            artifacts: Sequence[Record] = ()) -> bool:
-        """Three transactions at most (a step's artifacts may exceed one): the artifacts, the
-        change, then the log lines if the change was made."""
+        """Not one transaction here: the artifacts first (one transaction per 100 items), so
+        that a step is never recorded complete without its output; then the change; then the
+        log lines, only if the change was made."""
         def decide(build: Record) -> Record | None:
             if build["status"] not in expect_status:
                 return None

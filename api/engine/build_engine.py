@@ -82,7 +82,7 @@ class BuildRun:
     async def _write(self, expect_status: tuple[str, ...], logs: list[Record],
                      artifacts: list[Record], changes: dict[str, Any]) -> bool:
         """Progress, with `logs` and `artifacts`, in one store write conditional on the build
-        still being ours: one transaction per step boundary (docs/PERFORMANCE.md, item 6)."""
+        still being ours: one store write per step boundary (docs/PERFORMANCE.md, item 6)."""
         current = next((s["name"] for s in self.stages if s["status"] == "running"), None)
         return await self.store.update_build(
             build_id=self.build_id,
