@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -79,8 +80,8 @@ class BuildRun:
         self.context: dict[str, Any] = build["context"]
         self._lines: list[Record] = []  # stage log lines not yet saved
 
-    async def _write(self, expect_status: tuple[str, ...], logs: list[Record],
-                     artifacts: list[Record], changes: dict[str, Any]) -> bool:
+    async def _write(self, expect_status: tuple[str, ...], logs: Sequence[Record],
+                     artifacts: Sequence[Record], changes: dict[str, Any]) -> bool:
         """Progress, with `logs` and `artifacts`, in one store write conditional on the build
         still being ours: one store write per step boundary (docs/PERFORMANCE.md, item 6)."""
         current = next((s["name"] for s in self.stages if s["status"] == "running"), None)
@@ -91,9 +92,9 @@ class BuildRun:
             expect_status=expect_status, expect_owner=self.engine.instance_id,
             logs=logs, artifacts=artifacts)
 
-    async def _save(self, artifacts: list[Record] | None = None, **changes: Any) -> None:
+    async def _save(self, artifacts: Sequence[Record] = (), **changes: Any) -> None:
         """Progress, and the stage log lines logged since the last save."""
-        if not await self._write(WORKING_STATUSES, self._lines, artifacts or [], changes):
+        if not await self._write(WORKING_STATUSES, self._lines, artifacts, changes):
             raise BuildAbandoned("build was stopped, deleted or taken over")
         self._lines = []
 
@@ -103,7 +104,7 @@ class BuildRun:
         step["status"] = "running"
         step["started_at"] = step["started_at"] or utc_now()
         message = f"{step['name']} started"
-        while not await self._write(("running",), [self._line(stage, message)], [], {}):
+        while not await self._write(("running",), [self._line(stage, message)], (), {}):
             await self._pause_or_abandon(stage, step)
         logger.info(message, extra={"stage": stage})
 
@@ -201,7 +202,7 @@ class BuildRun:
                 await self._save()
 
     async def _finish(self, status: str, error: dict[str, str] | None = None,
-                      artifacts: list[Record] | None = None) -> None:
+                      artifacts: Sequence[Record] = ()) -> None:
         finished_at = utc_now()
         duration = _seconds_between(self.build["started_at"], finished_at)
         await self._save(artifacts, status=status, finished_at=finished_at, duration_seconds=duration,

@@ -5,8 +5,8 @@ import time
 from typing import Any
 
 from api.core import ids
-from api.core.context import bind
 from api.core.clock import utc_now
+from api.core.context import bind
 from api.core.errors import InvalidState, InvocationFailed, NotFound
 from api.database.store import Page, Record, Store
 from api.observability import metrics

@@ -4,8 +4,8 @@ import logging
 from typing import Any
 
 from api.core import ids
-from api.core.context import bind, request_id_var
 from api.core.clock import utc_now
+from api.core.context import bind, request_id_var
 from api.core.errors import InvalidState, NotFound, ServiceUnavailable
 from api.database.store import ACTIVE_BUILD_STATUSES, Page, Record, Store
 from api.engine.build_engine import BuildEngine
