@@ -45,12 +45,30 @@ class Settings(BaseSettings):
 
     model_provider: Literal["offline", "openai", "bedrock"] = "offline"
     offline_stage_delay_seconds: float = Field(default=0.2, ge=0)
+    # OpenAI-compatible endpoints (OpenAI, Ollama, vLLM, llama.cpp's llama-server, LiteLLM).
+    openai_base_url: str | None = None
+    openai_api_key: SecretStr | None = None
+    # Bedrock: the region comes from the standard AWS chain (AWS_REGION, the profile, ...).
+    bedrock_model_id: str | None = None
+    # The model of builds and of invocations; BUILD_MODEL / AGENT_MODEL override it for one.
+    model_name: str | None = None
+    build_model: str | None = None
+    agent_model: str | None = None
+    # One attempt's deadline; a call with its retries is bounded by
+    # (MODEL_MAX_RETRIES + 1) x this plus the backoff between attempts.
+    model_timeout_seconds: float = Field(default=60.0, gt=0)
+    model_max_retries: int = Field(default=2, ge=0, le=10)
+    # Model calls in flight in one process, builds and invocations together.
+    model_max_concurrency: int = Field(default=8, ge=1)
+    # Unset: the endpoint's default.
+    model_temperature: float | None = Field(default=None, ge=0, le=2)
+    model_max_output_tokens: int = Field(default=1024, ge=16, le=65536)
+    # Earlier session turns an invocation sends, at most (oldest dropped first).
+    agent_history_token_budget: int = Field(default=2000, ge=0)
     max_concurrent_builds: int = Field(default=4, ge=1)
     # A build whose owner stops renewing its lease for this long is taken over (crash recovery).
     build_lease_seconds: float = Field(default=10.0, gt=0)
     api_calls_flush_seconds: float = Field(default=5.0, gt=0)
-
-    openai_api_key: SecretStr | None = None
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -66,6 +84,12 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "nexus-ai.db"
+
+    def model_for(self, operation: str) -> str:
+        """The model a build (`build`) or an invocation (`invoke`) asks for."""
+        chosen = self.build_model if operation == "build" else self.agent_model
+        default = self.bedrock_model_id if self.model_provider == "bedrock" else self.model_name
+        return chosen or default or self.model_provider
 
 
 @lru_cache

@@ -21,9 +21,11 @@ from api.core.deps import count_api_call
 from api.core.handlers import register_error_handlers
 from api.database.factory import create_store
 from api.engine.build_engine import BuildEngine
+from api.engine.stage_work import StageWorker
 from api.middleware.body_limit import BodySizeLimitMiddleware
 from api.observability import setup as observability
 from api.providers.base import ModelProvider
+from api.providers.client import ModelClient
 from api.providers.factory import create_provider
 from api.routers import agents, projects, sessions, statistics
 from api.services.agent_service import AgentService
@@ -66,7 +68,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     except Exception as exc:
         logger.critical(f"Start-up failed: {exc}")
         raise
-    engine = BuildEngine(store=store, provider=provider,
+    client = ModelClient(provider, max_concurrency=settings.model_max_concurrency,
+                         timeout_seconds=settings.model_timeout_seconds,
+                         max_retries=settings.model_max_retries)
+    worker = StageWorker(client, model=settings.model_for("build"),
+                         temperature=settings.model_temperature,
+                         max_output_tokens=settings.model_max_output_tokens)
+    engine = BuildEngine(store=store, worker=worker,
                          max_concurrent_builds=settings.max_concurrent_builds,
                          lease_seconds=settings.build_lease_seconds)
     api_calls = ApiCallCounter(store=store, flush_seconds=settings.api_calls_flush_seconds)
@@ -74,7 +82,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine = engine
     app.state.api_calls = api_calls
     app.state.project_service = ProjectService(store=store, engine=engine)
-    app.state.agent_service = AgentService(store=store, provider=provider)
+    app.state.agent_service = AgentService(store=store, client=client, settings=settings)
     app.state.statistics_service = StatisticsService(store=store, api_calls=api_calls)
     await observability.start(app)
     await engine.start()
@@ -84,13 +92,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.warning("DEBUG=true in production: error responses include exception details")
     logger.info("Nexus-AI Platform API started", extra={
         "version": __version__, "environment": settings.environment,
-        "storage_backend": store.backend_name, "model_provider": provider.name})
+        "storage_backend": store.backend_name, "model_provider": provider.name,
+        "build_model": settings.model_for("build"), "agent_model": settings.model_for("invoke")})
     try:
         yield
     finally:
         try:
             app.state.draining = True
             await engine.shutdown()
+            await app.state.agent_service.drain()
+            await client.close()
             await api_calls.stop()
             await store.close()
             logger.info("Nexus-AI Platform API stopped")

@@ -57,6 +57,8 @@ from api.database.store import (
     Record,
     Store,
     StoreError,
+    build_token_deltas,
+    invocation_deltas,
 )
 from api.observability import db_observer
 
@@ -101,17 +103,20 @@ MAX_POOL_CONNECTIONS = 64
 CACHED_BUILDS = 256
 
 JSON_FIELDS = frozenset({"tags", "stages", "context", "error", "capabilities", "tools", "trace",
-                         "metadata"})
-FLOAT_FIELDS = frozenset({"progress", "duration_seconds", "duration_ms", "total_duration_ms"})
+                         "metadata", "usage"})
+FLOAT_FIELDS = frozenset({"progress", "duration_seconds", "duration_ms", "total_duration_ms",
+                          "time_to_first_token_ms", "ttft_ms_total"})
 INT_FIELDS = frozenset({"priority", "recoveries", "size", "message_count", "seq",
-                        "total_invocations", "successful_invocations", "failed_invocations"})
+                        "total_invocations", "successful_invocations", "failed_invocations",
+                        "cancelled_invocations", "input_tokens", "output_tokens",
+                        "total_input_tokens", "total_output_tokens", "ttft_count"})
 
 PROJECT_FIELDS = ("project_id", "user_id", "project_name", "requirement", "priority", "tags",
                   "status", "progress", "current_stage", "latest_build_id", "created_at",
                   "updated_at")
 BUILD_FIELDS = ("build_id", "project_id", "status", "progress", "current_stage", "stages",
                 "context", "error", "request_id", "owner", "lease_until", "recoveries",
-                "duration_seconds", "created_at", "started_at", "finished_at", "updated_at")
+                "duration_seconds", "created_at", "started_at", "finished_at", "updated_at", "usage")
 LOG_FIELDS = ("stage", "timestamp", "level", "message")
 ARTIFACT_FIELDS = ("project_id", "path", "build_id", "stage", "content", "size", "created_at")
 ARTIFACT_LISTED_FIELDS = tuple(name for name in ARTIFACT_FIELDS if name != "content")
@@ -119,16 +124,23 @@ AGENT_FIELDS = ("agent_id", "project_id", "agent_name", "description", "category
                 "capabilities", "tools", "system_prompt", "status", "error_message", "build_id",
                 "created_at", "updated_at")
 AGENT_STAT_FIELDS = ("total_invocations", "successful_invocations", "failed_invocations",
-                     "total_duration_ms", "last_invoked_at")
+                     "cancelled_invocations", "total_duration_ms", "total_input_tokens",
+                     "total_output_tokens", "ttft_ms_total", "ttft_count", "last_invoked_at")
 INVOCATION_FIELDS = ("invocation_id", "agent_id", "project_id", "session_id", "input_text",
-                     "output", "status", "error", "duration_ms", "trace", "created_at")
+                     "output", "status", "error", "duration_ms", "trace", "created_at", "model",
+                     "input_tokens", "output_tokens", "tokens_estimated",
+                     "time_to_first_token_ms", "finish_reason")
 SESSION_FIELDS = ("session_id", "agent_id", "display_name", "metadata", "message_count",
                   "created_at", "last_active_at")
 MESSAGE_FIELDS = ("message_id", "session_id", "seq", "role", "content", "invocation_id",
                   "created_at")
+# Also what items written before a field existed read as.
 DEFAULTS: dict[str, Any] = {"recoveries": 0, "message_count": 0, "total_invocations": 0,
                             "successful_invocations": 0, "failed_invocations": 0,
-                            "total_duration_ms": 0.0}
+                            "cancelled_invocations": 0, "total_duration_ms": 0.0,
+                            "total_input_tokens": 0, "total_output_tokens": 0,
+                            "ttft_ms_total": 0.0, "ttft_count": 0, "input_tokens": 0,
+                            "output_tokens": 0, "tokens_estimated": False}
 
 # Sort keys of the items that head each partition; '#' sorts before every child prefix.
 PROJECT_SK, BUILD_SK, AGENT_SK, STATS_SK, SESSION_SK = "#PROJECT", "#BUILD", "#AGENT", "#STATS", "#SESSION"
@@ -609,16 +621,17 @@ class DynamoDBStore(Store):
     def _finished_build_aggregates(self, build: Record) -> list[dict[str, Any]]:
         """What a build reaching a final status adds to the aggregates (as SQLite counts it)."""
         status = build["status"]
-        counters = {"builds_active": -1, f"builds_{status}": 1}
+        tokens = {name: value for name, value in build_token_deltas(build).items() if value}
+        counters = {"builds_active": -1, f"builds_{status}": 1, **tokens}
         day = (build["finished_at"] or build["updated_at"])[:10]
-        daily: dict[str, float] = {}
+        daily: dict[str, float] = dict(tokens)
         if status == "succeeded":
             seconds = build["duration_seconds"] or 0.0
             counters["build_seconds_succeeded"] = seconds
-            daily = {"builds_succeeded": 1, "build_seconds_succeeded": seconds}
+            daily.update(builds_succeeded=1, build_seconds_succeeded=seconds)
         elif status == "failed":
             stage = (build.get("error") or {}).get("stage") or "unknown"
-            daily = {"builds_failed": 1, f"{FAILED_STAGE_PREFIX}{stage}": 1}
+            daily.update({"builds_failed": 1, f"{FAILED_STAGE_PREFIX}{stage}": 1})
         actions = [action for action in [self._bump_counters(counters)] if action]
         if daily:
             actions.append(self._bump_daily(day, daily))
@@ -1563,16 +1576,12 @@ class DynamoDBStore(Store):
         agent_id = invocation["agent_id"]
         if not _keyable(agent_id):
             raise LookupError(f"agent {agent_id} no longer exists")
-        succeeded = invocation["status"] == "success"
-        outcome = "successful" if succeeded else "failed"
-        duration = invocation["duration_ms"]
+        stats, totals = invocation_deltas(invocation)
+        totals = {name: delta for name, delta in totals.items() if delta}
         pk = f"AGENT#{agent_id}"
         invocation_item = {**_key(pk, "INVOCATION#" + _position(
             invocation["created_at"], _part("invocation_id", invocation["invocation_id"]))),
             **_attributes(invocation, INVOCATION_FIELDS)}
-        totals = {"invocations_total": 1,
-                  "invocations_succeeded" if succeeded else "invocations_failed": 1,
-                  "invocation_ms_total": duration}
         session_id = messages[0]["session_id"] if messages else None
         if session_id is not None and not _keyable(session_id):
             raise LookupError(f"session {session_id} no longer exists")
@@ -1580,8 +1589,7 @@ class DynamoDBStore(Store):
             expression = _Expression()
             stats_update = _update_expression(
                 expression, set_={"last_invoked_at": _s(invocation["created_at"])},
-                add={"total_invocations": _n(1), f"{outcome}_invocations": _n(1),
-                     "total_duration_ms": _n(duration)})
+                add={name: _n(delta) for name, delta in stats.items()})
             counters = self._bump_counters(totals)
             assert counters is not None
             actions = [self._update(_key(pk, STATS_SK), expression, stats_update,

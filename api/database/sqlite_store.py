@@ -29,11 +29,16 @@ from api.database.store import (
     Record,
     Store,
     StoreError,
+    build_token_deltas,
+    invocation_deltas,
 )
 
 T = TypeVar("T")
 
-JSON_COLUMNS = {"tags", "stages", "context", "error", "capabilities", "tools", "trace", "metadata"}
+JSON_COLUMNS = {"tags", "stages", "context", "error", "capabilities", "tools", "trace", "metadata",
+                "usage"}
+# SQLite has no boolean type: these integer columns read back as bool.
+BOOL_COLUMNS = {"tokens_estimated"}
 BUSY_TIMEOUT_SECONDS = 5.0
 READER_THREADS = 2
 
@@ -45,6 +50,8 @@ def _row(row: sqlite3.Row | None) -> Record | None:
     for column in JSON_COLUMNS.intersection(record):
         if record[column] is not None:
             record[column] = json.loads(record[column])
+    for column in BOOL_COLUMNS.intersection(record):
+        record[column] = bool(record[column])
     return record
 
 
@@ -132,6 +139,10 @@ def _count_finished_build(conn: sqlite3.Connection, build: Record) -> None:
     _bump(conn, "builds_active", -1)
     _bump(conn, f"builds_{status}", 1)
     finished_at = build["finished_at"]
+    for name, tokens in build_token_deltas(build).items():
+        if tokens:
+            _bump(conn, name, tokens)
+            _bump_daily(conn, finished_at, name, tokens)
     if status == "succeeded":
         _bump(conn, "build_seconds_succeeded", build["duration_seconds"] or 0.0)
         _bump_daily(conn, finished_at, "builds_succeeded", 1)
@@ -537,21 +548,18 @@ class SQLiteStore(Store):
 
     async def record_invocation(self, *, invocation: Record, messages: list[Record]) -> None:
         def work(conn: sqlite3.Connection) -> None:
-            succeeded = invocation["status"] == "success"
-            outcome = "successful" if succeeded else "failed"
+            stats, totals = invocation_deltas(invocation)
             updated = conn.execute(
-                f"UPDATE agents SET total_invocations = total_invocations + 1, "
-                f"{outcome}_invocations = {outcome}_invocations + 1, "
-                "total_duration_ms = total_duration_ms + ?, last_invoked_at = ? WHERE agent_id = ?",
-                (invocation["duration_ms"], invocation["created_at"], invocation["agent_id"])).rowcount
+                f"UPDATE agents SET {''.join(f'{column} = {column} + ?, ' for column in stats)}"
+                "last_invoked_at = ? WHERE agent_id = ?",
+                (*stats.values(), invocation["created_at"], invocation["agent_id"])).rowcount
             if not updated:
                 raise LookupError(f"agent {invocation['agent_id']} no longer exists")
             _insert(conn, "invocations", invocation)
-            counted = "invocations_succeeded" if succeeded else "invocations_failed"
-            for name, delta in (("invocations_total", 1), (counted, 1),
-                                ("invocation_ms_total", invocation["duration_ms"])):
-                _bump(conn, name, delta)
-                _bump_daily(conn, invocation["created_at"], name, delta)
+            for name, delta in totals.items():
+                if delta:
+                    _bump(conn, name, delta)
+                    _bump_daily(conn, invocation["created_at"], name, delta)
             if messages:
                 session_id = messages[0]["session_id"]
                 seq = conn.execute("SELECT message_count FROM sessions WHERE session_id = ?",

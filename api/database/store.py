@@ -7,7 +7,9 @@ microseconds and a `Z`, which sort in time order as text.
 Aggregates (the counters behind the statistics) are updated by the store inside the same
 transaction as the event they count, so the statistics are exact and never need a scan:
 - builds and invocations are historical events: deleting a project does not un-count them;
-- agent counts (`agents_running`, `agents_offline`) describe the agents that exist now.
+- agent counts (`agents_running`, `agents_offline`) describe the agents that exist now;
+- model tokens are counted where they were spent: an invocation's on its agent and the
+  `invocation_*` aggregates, a build's (its `usage`) in the `build_*` ones when it finishes.
 """
 
 import abc
@@ -49,7 +51,14 @@ COUNTER_NAMES = (
     "invocations_total",
     "invocations_succeeded",
     "invocations_failed",
+    "invocations_cancelled",
     "invocation_ms_total",
+    "invocation_input_tokens",
+    "invocation_output_tokens",
+    "invocation_ttft_ms_total",
+    "invocation_ttft_count",
+    "build_input_tokens",
+    "build_output_tokens",
 )
 
 DAILY_FIELDS = (
@@ -60,11 +69,52 @@ DAILY_FIELDS = (
     "invocations_total",
     "invocations_succeeded",
     "invocations_failed",
+    "invocations_cancelled",
     "invocation_ms_total",
+    "invocation_input_tokens",
+    "invocation_output_tokens",
+    "invocation_ttft_ms_total",
+    "invocation_ttft_count",
+    "build_input_tokens",
+    "build_output_tokens",
     "api_calls",
 )
 
+# An invocation's status -> the agent's column and the aggregate that count it. A cancelled
+# invocation (the client went away mid-stream) neither succeeded nor failed, but used tokens.
+INVOCATION_OUTCOMES = {
+    "success": ("successful_invocations", "invocations_succeeded"),
+    "failed": ("failed_invocations", "invocations_failed"),
+    "cancelled": ("cancelled_invocations", "invocations_cancelled"),
+}
+
 logger = logging.getLogger("api.database")
+
+
+def invocation_deltas(invocation: Record) -> tuple[dict[str, float], dict[str, float]]:
+    """What an invocation adds to its agent's runtime stats, and to the counters and its day.
+
+    Token and TTFT keys absent from the record (written before they existed) count as none."""
+    column, counted = INVOCATION_OUTCOMES[invocation["status"]]
+    input_tokens = invocation.get("input_tokens") or 0
+    output_tokens = invocation.get("output_tokens") or 0
+    agent = {"total_invocations": 1, column: 1, "total_duration_ms": invocation["duration_ms"],
+             "total_input_tokens": input_tokens, "total_output_tokens": output_tokens}
+    totals = {"invocations_total": 1, counted: 1, "invocation_ms_total": invocation["duration_ms"],
+              "invocation_input_tokens": input_tokens, "invocation_output_tokens": output_tokens}
+    ttft = invocation.get("time_to_first_token_ms")
+    if ttft is not None:
+        agent.update(ttft_ms_total=ttft, ttft_count=1)
+        totals.update(invocation_ttft_ms_total=ttft, invocation_ttft_count=1)
+    return agent, totals
+
+
+def build_token_deltas(build: Record) -> dict[str, float]:
+    """The tokens a finished build adds to the aggregates: its `usage` (None before any stage
+    called a model, and on builds stored before usage was recorded)."""
+    usage = build.get("usage") or {}
+    return {"build_input_tokens": usage.get("input_tokens", 0),
+            "build_output_tokens": usage.get("output_tokens", 0)}
 
 
 class StoreError(Exception):
@@ -191,7 +241,11 @@ class Store(abc.ABC):
         """Apply `changes` to the build (and mirror status, progress and stage on its
         project) if its status is one of `expect_status` (and, given, its owner matches).
 
-        A change to a final status updates the build aggregates in the same transaction.
+        `changes` may carry `usage` ({calls, input_tokens, output_tokens, tokens_estimated,
+        duration_ms}: the model use of the build's stages so far), returned by get_build and
+        list_builds (None on builds that never recorded any).
+        A change to a final status updates the build aggregates in the same transaction,
+        the build's usage tokens (as changed, else as stored) included.
         `logs` (stage, timestamp, level, message) are appended to the build's stage logs and
         `artifacts` (project_id, build_id, path, stage, content, size, created_at) upserted by
         (project_id, path) with the change: a build step's output and progress are one write.
@@ -239,7 +293,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def record_invocation(self, *, invocation: Record, messages: list[Record]) -> None:
         """Store an invocation (and, for a session turn, its messages), counting it in the
-        agent's runtime stats, the daily and overall aggregates, and the session."""
+        agent's runtime stats, the daily and overall aggregates, and the session.
+
+        Besides its text and outcome, an invocation carries `model` (str | None),
+        `input_tokens`, `output_tokens` (int), `tokens_estimated` (bool: counted by us, the
+        endpoint sent no usage), `time_to_first_token_ms` and `finish_reason` (or None), kept
+        as given. `status` is `success`, `failed` or `cancelled`; what it adds to the
+        aggregates is `invocation_deltas`. Agents carry the sums: `cancelled_invocations`,
+        `total_input_tokens`, `total_output_tokens`, and `ttft_ms_total` over `ttft_count`
+        (the invocations that had a first token)."""
 
     @abc.abstractmethod
     async def list_invocations(self, *, agent_id: str, limit: int, last_key: str | None) -> Page: ...

@@ -22,9 +22,9 @@ from typing import Any
 from api.core.clock import iso_timestamp, utc_now
 from api.core.context import bind
 from api.database.store import ACTIVE_BUILD_STATUSES, Record, Store, StoreError
+from api.engine.stage_work import StageFailed, StageUsage, StageWorker, build_usage
 from api.engine.stages import progress
 from api.observability import metrics
-from api.providers.base import ModelProvider, ProviderError, StageOutput
 
 logger = logging.getLogger("api.engine.build_engine")
 
@@ -34,13 +34,6 @@ MAX_RECOVERIES = 3
 # How often the engine looks for claimable builds when nobody wakes it.
 SCHEDULE_POLL_SECONDS = 1.0
 WORKING_STATUSES = ("running", "paused")
-
-
-class StageFailed(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class BuildAbandoned(Exception):
@@ -54,17 +47,6 @@ def _after(seconds: float) -> str:
 def _seconds_between(start: str, end: str) -> float:
     parse = lambda text: datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
     return (parse(end) - parse(start)).total_seconds()
-
-
-def compile_check(artifacts: dict[str, str]) -> None:
-    """Generated Python must compile before a stage may complete."""
-    for path, content in artifacts.items():
-        if path.endswith(".py"):
-            try:
-                compile(content, path, "exec")
-            except SyntaxError as exc:
-                raise StageFailed("CODE_COMPILATION_FAILED",
-                                  f"{path} line {exc.lineno}: {exc.msg}") from exc
 
 
 class BuildRun:
@@ -88,7 +70,8 @@ class BuildRun:
         return await self.store.update_build(
             build_id=self.build_id,
             changes={"stages": self.stages, "context": self.context, "progress": progress(self.stages),
-                     "current_stage": current, "updated_at": utc_now(), **changes},
+                     "usage": build_usage(self.stages), "current_stage": current,
+                     "updated_at": utc_now(), **changes},
             expect_status=expect_status, expect_owner=self.engine.instance_id,
             logs=logs, artifacts=artifacts)
 
@@ -136,26 +119,31 @@ class BuildRun:
             self._lines.append(self._line(stage, message, level))
 
     async def _work(self, stage: str, step: dict[str, Any], *, last: bool = False) -> None:
-        """Run one stage or sub-stage (`step`) through the provider and save its output; the
-        last step also registers the agent and finishes the build."""
+        """Run one stage or sub-stage (`step`) as model work and save its output; the last
+        step also registers the agent and finishes the build. The step keeps its model usage,
+        also when it fails (the tokens were spent)."""
         async with self.engine.turn:
             await self._start(stage, step)
         started = time.perf_counter()
+        usage = StageUsage(model=self.engine.worker.model)
         try:
-            output: StageOutput = await self.engine.provider.run_stage(
-                stage=step["name"], requirement=self.project["requirement"], context=self.context)
-        except ProviderError as exc:
-            raise StageFailed("PROVIDER_ERROR", str(exc)) from exc
+            output = await self.engine.worker.run(
+                stage=step["name"], requirement=self.project["requirement"], context=self.context,
+                usage=usage)
+        finally:
+            step["model_usage"] = usage.as_record()
         seconds = time.perf_counter() - started
         async with self.engine.turn:
-            compile_check(output.artifacts)
             created_at = utc_now()
             self.context.update(output.context)
             metrics.record_stage(stage=step["name"], seconds=seconds)
             step["status"] = "completed"
             step["completed_at"] = utc_now()
             step["duration_seconds"] = round(seconds, 6)
-            self._log(stage, *output.logs, f"{step['name']} completed in {seconds:.3f}s")
+            self._log(stage, *output.logs,
+                      f"{step['name']} completed in {seconds:.3f}s ({usage.calls} model calls, "
+                      f"{usage.input_tokens} input and {usage.output_tokens} output tokens"
+                      f"{', estimated' if usage.tokens_estimated else ''})")
             artifacts = [{"project_id": self.project["project_id"], "build_id": self.build_id,
                           "path": path, "stage": stage, "content": content,
                           "size": len(content.encode()), "created_at": created_at}
@@ -225,10 +213,10 @@ class BuildRun:
 
 
 class BuildEngine:
-    def __init__(self, *, store: Store, provider: ModelProvider, max_concurrent_builds: int,
+    def __init__(self, *, store: Store, worker: StageWorker, max_concurrent_builds: int,
                  lease_seconds: float) -> None:
         self.store = store
-        self.provider = provider
+        self.worker = worker
         self.max_concurrent_builds = max_concurrent_builds
         self.lease_seconds = lease_seconds
         # A fresh id per start: a restarted process must not mistake a dead predecessor's

@@ -82,7 +82,8 @@ def _names_a_secret(key: str) -> bool:
 
 def redact(key: str, value: Any) -> Any:
     """Mask `value` when its key names a secret; look inside strings and containers otherwise."""
-    if _names_a_secret(key) and not isinstance(value, (int, float)):
+    # Counts (input_tokens) and absent values are no secrets, whatever their key says.
+    if value is not None and _names_a_secret(key) and not isinstance(value, (int, float)):
         return MASK
     if isinstance(value, str):
         return redact_text(value)

@@ -94,6 +94,23 @@ agent_invocation_duration_seconds = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
 
 
+# -- model calls (names after the OpenTelemetry GenAI metrics: docs/MONITORING.md) -------------
+# `model` is the model named in the settings (MODEL_NAME, BUILD_MODEL, AGENT_MODEL,
+# BEDROCK_MODEL_ID), never what an endpoint answers, so the label stays bounded.
+MODEL_LABELS = ["provider", "model", "operation"]
+model_requests_total = Counter(
+    "model_requests_total",
+    "Model calls, by outcome (success, error, timeout, rate_limited, cancelled).",
+    [*MODEL_LABELS, "outcome"])
+model_request_duration_seconds = Histogram(
+    "model_request_duration_seconds", "Time of one model call, retries included.", MODEL_LABELS,
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300))
+model_time_to_first_token_seconds = Histogram(
+    "model_time_to_first_token_seconds", "Time from a streamed model call to its first text.",
+    MODEL_LABELS, buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+model_tokens_total = Counter(
+    "model_tokens_total", "Tokens of model calls, by type (input, output).", [*MODEL_LABELS, "type"])
+
 # -- recording (called by the middleware, the store observer and the build engine) -------------
 def is_excluded(path: str) -> bool:
     """Probes and scrapes would drown the request series; they are not counted."""
@@ -160,6 +177,19 @@ def record_invocation(*, status: str, seconds: float) -> None:
     agent_invocations_total.labels(status).inc()
     agent_invocation_duration_seconds.observe(seconds)
 
+
+
+def record_model_call(*, provider: str, model: str, operation: str, outcome: str, seconds: float,
+                      ttft_seconds: float | None, input_tokens: int, output_tokens: int) -> None:
+    labels = (provider, model, operation)
+    model_requests_total.labels(*labels, outcome).inc()
+    model_request_duration_seconds.labels(*labels).observe(seconds)
+    if ttft_seconds is not None:
+        model_time_to_first_token_seconds.labels(*labels).observe(ttft_seconds)
+    if input_tokens:
+        model_tokens_total.labels(*labels, "input").inc(input_tokens)
+    if output_tokens:
+        model_tokens_total.labels(*labels, "output").inc(output_tokens)
 
 # -- multiprocess bookkeeping ------------------------------------------------------------------
 def prepare_multiprocess_dir() -> None:

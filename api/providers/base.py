@@ -1,46 +1,118 @@
-"""The model-provider interface: what the build engine and invocations ask of a model.
+"""The model-provider interface: one chat model call, whole or streamed.
 
-A provider does the thinking for one stage (or sub-stage) at a time and answers invocations;
-the engine owns everything else (ordering, progress, persistence, compiling generated code),
-so a hosted provider plugs in without touching the engine.
+A provider speaks one wire protocol (the offline templates, OpenAI Chat Completions, Bedrock
+Converse) and nothing else. What every call needs whatever the protocol (the concurrency cap,
+the deadline, the metrics and the log line, counting tokens when the endpoint does not) is
+`api.providers.client.ModelClient`'s; what a build stage asks and how its answer is checked
+is the engine's (`api.engine.stage_work`). Retries are the SDKs' own (the openai SDK's
+jittered backoff honouring `Retry-After`, botocore's retry modes): one retry policy each.
 """
 
 import abc
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+Role = Literal["system", "user", "assistant"]
+# What a call is for: the label of the model metrics and the log line (bounded values).
+Operation = Literal["build", "invoke"]
 
 
-class ProviderError(Exception):
-    """The provider failed; a build stage fails, an invocation is recorded as failed."""
+class ModelError(Exception):
+    """The model call failed after the provider's retries; `code` is the stage error code or
+    the invocation's error."""
+
+    code = "MODEL_ERROR"
+    outcome = "error"
 
 
-@dataclass
-class StageOutput:
-    # path -> content; `.py` files are compiled by the engine before they are accepted.
-    artifacts: dict[str, str] = field(default_factory=dict)
-    # merged into the build context that later stages (and a resumed build) read.
-    context: dict[str, Any] = field(default_factory=dict)
-    logs: list[str] = field(default_factory=list)
+class ModelTimeout(ModelError):
+    code = "MODEL_TIMEOUT"
+    outcome = "timeout"
 
 
-@dataclass
-class InvocationResult:
-    output: str
-    trace: list[dict[str, Any]] = field(default_factory=list)
+class ModelRateLimited(ModelError):
+    code = "MODEL_RATE_LIMITED"
+    outcome = "rate_limited"
+
+
+class SchemaUnsupported(ModelError):
+    """The endpoint refused `response_format: json_schema`; the caller asks again with the
+    schema in the prompt instead."""
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class OutputSchema:
+    """A JSON schema the answer must follow (sent as `response_format` where supported; the
+    answer is validated on our side either way)."""
+
+    name: str
+    schema: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    operation: Operation
+    model: str
+    messages: tuple[Message, ...]
+    max_output_tokens: int
+    temperature: float | None = None
+    output_schema: OutputSchema | None = None
+    # What the call is for (a stage name, "invoke"), for the log line; the offline provider
+    # answers from `inputs` (the structured facts the prompt was written from) instead of
+    # reading the prose.
+    purpose: str = ""
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    # With `output_schema` and an endpoint that refused json_schema: ask in the prompt only.
+    schema_in_prompt: bool = False
+
+
+@dataclass(frozen=True)
+class Usage:
+    input_tokens: int
+    output_tokens: int
+    # True when the endpoint reported no usage and the counts are ours (api.providers.tokens).
+    estimated: bool = False
+
+
+@dataclass(frozen=True)
+class ModelReply:
+    text: str
+    finish_reason: str
+    model: str
+    # None when the endpoint did not report it; ModelClient then estimates.
+    usage: Usage | None
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
 
 
 class ModelProvider(abc.ABC):
+    """One protocol. Raise ModelError (or a subclass) for a failed call; a cancelled call
+    must close its request (the SDKs do when the task is cancelled)."""
+
     name: str
 
     @abc.abstractmethod
-    async def run_stage(self, *, stage: str, requirement: str, context: dict[str, Any]) -> StageOutput:
-        """Do the work of `stage` (a stage or sub-stage name) given the build context so far.
-
-        The context holds `design` (after agent_design: agent_name, description, category,
-        capabilities, tools) and `system_prompt` (after prompt_engineer), which the engine uses
-        to register the agent."""
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        """The whole answer in one reply."""
 
     @abc.abstractmethod
-    async def invoke(self, *, agent: dict[str, Any], input_text: str,
-                     history: list[dict[str, Any]]) -> InvocationResult:
-        """Answer `input_text` as `agent`, given the session's earlier messages (oldest first)."""
+    def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelReply]:
+        """Text deltas as they come, then exactly one ModelReply (the whole text, the finish
+        reason and the usage if the endpoint sent it)."""
+
+    @abc.abstractmethod
+    async def list_models(self) -> list[str]:
+        """The endpoint's model list (the health check's reachability probe)."""
+
+    async def close(self) -> None:
+        """Release connections."""

@@ -1,11 +1,12 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
 
-from api.core.deps import AgentServiceDep, page_body
+from api.core.deps import AgentServiceDep, SettingsDep, page_body
 from api.core.envelope import ok
 from api.core.errors import ValidationFailed
+from api.routers.streaming import event_stream, wants_stream
 from api.schemas.agents import (
     AgentStatusUpdate,
     AgentUpdate,
@@ -14,6 +15,7 @@ from api.schemas.agents import (
     SessionCreate,
 )
 from api.schemas.common import LastKey, Limit
+from api.services.agent_service import invocation_public
 
 router = APIRouter(prefix="/agents", tags=["agents"])
 
@@ -65,9 +67,14 @@ async def delete_agent(agent_id: AgentId, agents: AgentServiceDep) -> JSONRespon
 
 
 @router.post("/{agent_id}/invoke")
-async def invoke_agent(agent_id: AgentId, body: InvokeRequest, agents: AgentServiceDep) -> JSONResponse:
-    return ok(await agents.invoke(agent_id=agent_id, input_text=body.input_text,
-                                  session_id=body.session_id, enable_trace=body.enable_trace))
+async def invoke_agent(agent_id: AgentId, body: InvokeRequest, agents: AgentServiceDep,
+                       request: Request, settings: SettingsDep) -> Response:
+    if not wants_stream(request, body.stream):
+        return ok(await agents.invoke(agent_id=agent_id, input_text=body.input_text,
+                                      session_id=body.session_id, enable_trace=body.enable_trace))
+    turn = await agents.prepare(agent_id=agent_id, input_text=body.input_text, session_id=body.session_id)
+    return event_stream(agents.run(turn), debug=settings.debug,
+                        done=lambda done: invocation_public(done.invocation, with_trace=body.enable_trace))
 
 
 @router.get("/{agent_id}/invocations")

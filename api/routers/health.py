@@ -2,8 +2,11 @@
 
 /health and /health/live do no I/O: they answer as long as the process serves requests.
 /health/ready asks the store (briefly) and says 503 when it cannot serve or is draining.
-/health/detailed adds the database check, the AWS credential chain and the system figures;
-it answers 200 with `degraded` when a check fails, so its details stay readable.
+/health/detailed adds the database check, the AWS credential chain, the model endpoint (the
+cached result of a background probe: api.observability.model_probe) and the system figures;
+it answers 200 with `degraded` when the database check fails, so its details stay readable.
+Neither readiness nor the overall status depends on the model endpoint (the probe's module
+says why).
 """
 
 import asyncio
@@ -18,6 +21,7 @@ from api import __version__
 from api.core.clock import utc_now
 from api.core.envelope import error_response, ok
 from api.observability import db_observer
+from api.observability.model_probe import ModelProbe, offline_report
 from api.observability.system import sampler
 
 PING_TIMEOUT_SECONDS = 2.0
@@ -58,7 +62,8 @@ async def detailed(request: Request) -> JSONResponse:
         check_database(request.app.state.store), check_aws_credentials())
     return ok({
         **_status("healthy" if database["status"] == "healthy" else "degraded"),
-        "checks": {"database": database, "aws_credentials": aws_credentials},
+        "checks": {"database": database, "aws_credentials": aws_credentials,
+                   "model_provider": check_model_provider(request)},
         "system": sampler.snapshot(),
         "database": db_observer.figures.snapshot(),
     })
@@ -77,6 +82,15 @@ async def check_database(store: Any) -> dict[str, Any]:
         status, message = "healthy", f"{name} connection successful"
     return {"status": status, "message": message, "backend": store.backend_name,
             "latency_ms": round((time.perf_counter() - start) * 1000, 2)}
+
+
+def check_model_provider(request: Request) -> dict[str, Any]:
+    """The probe's cached result (no I/O); an app without a probe calls no model endpoint."""
+    probe: ModelProbe | None = getattr(request.app.state, "model_probe", None)
+    if probe is not None:
+        return probe.snapshot()
+    settings = request.app.state.settings
+    return offline_report({operation: settings.model_for(operation) for operation in ("build", "invoke")})
 
 
 async def check_aws_credentials() -> dict[str, Any]:

@@ -1,12 +1,14 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Path
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, Response
 
-from api.core.deps import AgentServiceDep, page_body
+from api.core.deps import AgentServiceDep, SettingsDep, page_body
 from api.core.envelope import ok
+from api.routers.streaming import event_stream, wants_stream
 from api.schemas.agents import MessageCreate
 from api.schemas.common import LastKey, Limit
+from api.services.agent_service import turn_public
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
@@ -19,8 +21,12 @@ async def get_session(session_id: SessionId, agents: AgentServiceDep) -> JSONRes
 
 
 @router.post("/{session_id}/messages", status_code=201)
-async def post_message(session_id: SessionId, body: MessageCreate, agents: AgentServiceDep) -> JSONResponse:
-    return ok(await agents.post_message(session_id=session_id, content=body.content), status_code=201)
+async def post_message(session_id: SessionId, body: MessageCreate, agents: AgentServiceDep,
+                       request: Request, settings: SettingsDep) -> Response:
+    if not wants_stream(request, body.stream):
+        return ok(await agents.post_message(session_id=session_id, content=body.content), status_code=201)
+    turn = await agents.prepare_message(session_id=session_id, content=body.content)
+    return event_stream(agents.run(turn), done=turn_public, debug=settings.debug)
 
 
 @router.get("/{session_id}/messages")

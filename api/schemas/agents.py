@@ -33,6 +33,8 @@ class InvokeRequest(StrictModel):
     input_text: Text
     session_id: SessionId | None = None
     enable_trace: bool = False
+    # Or `Accept: text/event-stream`: the answer as Server-Sent Events.
+    stream: bool = False
 
 
 class SessionCreate(StrictModel):
@@ -43,3 +45,4 @@ class SessionCreate(StrictModel):
 class MessageCreate(StrictModel):
     content: Text
     role: Literal["user"] = "user"
+    stream: bool = False

@@ -1,24 +1,31 @@
 """Agents, their invocations and sessions."""
 
+import asyncio
 import logging
-import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from api.config import Settings
 from api.core import ids
 from api.core.clock import utc_now
 from api.core.context import bind
 from api.core.errors import InvalidState, InvocationFailed, NotFound
 from api.database.store import Page, Record, Store
 from api.observability import metrics
-from api.providers.base import ModelProvider, ProviderError
+from api.providers.base import ModelError, ModelRequest, TextDelta
+from api.providers.client import ModelCall, ModelClient, StreamProgress
 from api.schemas.agents import AgentStatusUpdate, AgentUpdate, SessionCreate
+from api.services.conversation import HISTORY_MESSAGES, conversation, model_trace
 
 logger = logging.getLogger("api.services.agent_service")
 
-# How many earlier messages an invocation sees.
-HISTORY_MESSAGES = 20
+# A stream with nothing to say for this long sends a comment, so that proxies and clients
+# do not take a slow model for a dead connection.
+HEARTBEAT_SECONDS = 10.0
 STAT_FIELDS = ("total_invocations", "successful_invocations", "failed_invocations",
-               "total_duration_ms", "last_invoked_at")
+               "cancelled_invocations", "total_duration_ms", "last_invoked_at",
+               "total_input_tokens", "total_output_tokens", "ttft_ms_total", "ttft_count")
 
 
 def agent_public(agent: Record) -> Record:
@@ -28,8 +35,13 @@ def agent_public(agent: Record) -> Record:
         "total_invocations": total,
         "successful_invocations": agent["successful_invocations"],
         "failed_invocations": agent["failed_invocations"],
+        "cancelled_invocations": agent["cancelled_invocations"],
         "avg_duration_ms": round(agent["total_duration_ms"] / total, 3) if total else 0.0,
         "last_invoked_at": agent["last_invoked_at"],
+        "total_input_tokens": agent["total_input_tokens"],
+        "total_output_tokens": agent["total_output_tokens"],
+        "avg_time_to_first_token_ms": (round(agent["ttft_ms_total"] / agent["ttft_count"], 3)
+                                       if agent["ttft_count"] else None),
     }
     return public
 
@@ -41,10 +53,41 @@ def invocation_public(invocation: Record, *, with_trace: bool) -> Record:
     return public
 
 
+def turn_public(turn: "Turn") -> Record:
+    """A session turn as POST /sessions/{id}/messages answers it."""
+    user_message, assistant_message = turn.messages
+    return {"user_message": user_message, "assistant_message": assistant_message,
+            "invocation": invocation_public(turn.invocation, with_trace=False)}
+
+
+@dataclass(frozen=True)
+class PreparedTurn:
+    agent: Record
+    session_id: str | None
+    input_text: str
+    request: ModelRequest
+    trace: list[Record]
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A recorded invocation, with its messages when it was a session turn."""
+
+    invocation: Record
+    messages: list[Record]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Nothing new from the model for HEARTBEAT_SECONDS (a stream sends a comment)."""
+
+
 class AgentService:
-    def __init__(self, *, store: Store, provider: ModelProvider) -> None:
+    def __init__(self, *, store: Store, client: ModelClient, settings: Settings) -> None:
         self.store = store
-        self.provider = provider
+        self.client = client
+        self.settings = settings
+        self._calls: set[asyncio.Task[None]] = set()
 
     async def _agent(self, agent_id: str) -> Record:
         agent = await self.store.get_agent(agent_id=agent_id)
@@ -92,14 +135,15 @@ class AgentService:
 
     async def invoke(self, *, agent_id: str, input_text: str, session_id: str | None,
                      enable_trace: bool) -> Record:
-        invocation, _ = await self._invoke(agent_id=agent_id, input_text=input_text,
-                                           session_id=session_id)
-        return invocation_public(invocation, with_trace=enable_trace)
+        turn = await self.prepare(agent_id=agent_id, input_text=input_text, session_id=session_id)
+        async for event in self.run(turn):
+            if isinstance(event, Turn):
+                return invocation_public(event.invocation, with_trace=enable_trace)
+        raise AssertionError("an invocation ends with its record")
 
-    async def _invoke(self, *, agent_id: str, input_text: str,
-                      session_id: str | None) -> tuple[Record, list[Record]]:
-        """One invocation, recorded and counted whatever its outcome (with its two messages
-        when it is a session turn); raises InvocationFailed after recording a provider failure."""
+    async def prepare(self, *, agent_id: str, input_text: str, session_id: str | None) -> PreparedTurn:
+        """Check the agent (and session) and put the model request together; raises the API's
+        errors before anything is streamed."""
         agent = await self._agent(agent_id)
         if agent["status"] != "running":
             raise InvalidState(f"Agent {agent_id!r} is {agent['status']}; set it running to invoke it",
@@ -110,39 +154,123 @@ class AgentService:
             if session["agent_id"] != agent_id:
                 raise NotFound("session", session_id)
             history = await self.store.recent_messages(session_id=session_id, limit=HISTORY_MESSAGES)
-        created_at = utc_now()
-        started = time.perf_counter()
+        talk = conversation(agent=agent, input_text=input_text, history=history,
+                            budget_tokens=self.settings.agent_history_token_budget)
+        request = ModelRequest(
+            operation="invoke", model=self.settings.model_for("invoke"), messages=talk.messages,
+            max_output_tokens=self.settings.model_max_output_tokens,
+            temperature=self.settings.model_temperature, purpose="invoke",
+            inputs={"agent": agent, "input_text": input_text, "history": talk.history})
+        return PreparedTurn(agent=agent, session_id=session_id, input_text=input_text,
+                            request=request, trace=talk.trace)
+
+    async def run(self, turn: PreparedTurn) -> AsyncIterator[TextDelta | Heartbeat | Turn]:
+        """The model's text as it comes (with a Heartbeat after each quiet HEARTBEAT_SECONDS),
+        then the recorded Turn. The model call runs in its own task, so that a consumer that
+        goes away (a client gone from a stream) cancels it and it still records the
+        invocation `cancelled`, with the tokens used so far."""
+        events: asyncio.Queue[TextDelta | Turn | BaseException] = asyncio.Queue()
+        task = asyncio.create_task(self._call(turn, events.put_nowait), name="invocation")
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
         try:
-            result = await self.provider.invoke(agent=agent, input_text=input_text, history=history)
-            status, output, error, trace = "success", result.output, None, result.trace
-        except ProviderError as exc:
-            status, output, error, trace = "failed", None, str(exc), []
-        duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        invocation = {
-            "invocation_id": ids.invocation_id(), "agent_id": agent_id,
-            "project_id": agent["project_id"], "session_id": session_id, "input_text": input_text,
-            "output": output, "status": status, "error": error, "duration_ms": duration_ms,
-            "trace": trace, "created_at": created_at,
+            while True:
+                try:
+                    async with asyncio.timeout(HEARTBEAT_SECONDS):
+                        event = await events.get()
+                except TimeoutError:
+                    yield Heartbeat()
+                    continue
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, Turn):
+                    return
+        finally:
+            task.cancel()
+
+    async def drain(self) -> None:
+        """Wait for invocations still being recorded (shutdown)."""
+        await asyncio.gather(*self._calls, return_exceptions=True)
+
+    async def _call(self, turn: PreparedTurn, emit: Callable[[TextDelta | Turn | BaseException], None]) -> None:
+        bind(agent_id=turn.agent["agent_id"], project_id=turn.agent["project_id"])
+        progress = StreamProgress(turn.request)
+        created_at = utc_now()
+        call: ModelCall | None = None
+        try:
+            async for event in self.client.stream(turn.request, progress):
+                if isinstance(event, TextDelta):
+                    emit(event)
+                else:
+                    call = event
+        except ModelError as exc:
+            invocation = self._invocation(turn, progress, None, created_at, status="failed", error=str(exc))
+            await self._record(turn, invocation)
+            emit(InvocationFailed(f"Agent {turn.agent['agent_id']!r} failed to answer: {exc}",
+                                  details={"invocation_id": invocation["invocation_id"],
+                                           "model_error": exc.code}))
+            return
+        except asyncio.CancelledError:
+            invocation = self._invocation(turn, progress, None, created_at, status="cancelled",
+                                          error="the client went away before the answer was complete")
+            await self._record(turn, invocation)
+            raise
+        except BaseException as exc:  # a store failure, a bug: the consumer answers it
+            emit(exc)
+            raise
+        invocation = self._invocation(turn, progress, call, created_at, status="success", error=None)
+        try:
+            messages = await self._record(turn, invocation)
+        except BaseException as exc:
+            emit(exc)
+            raise
+        emit(Turn(invocation=invocation, messages=messages))
+
+    def _invocation(self, turn: PreparedTurn, progress: StreamProgress, call: ModelCall | None,
+                    created_at: str, *, status: str, error: str | None) -> Record:
+        usage = call.usage if call is not None else progress.usage_so_far()
+        trace_model = model_trace(
+            provider=self.client.provider_name, model=turn.request.model,
+            finish_reason=call.finish_reason if call else None, input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens, tokens_estimated=usage.estimated,
+            time_to_first_token_ms=progress.time_to_first_token_ms)
+        return {
+            "invocation_id": ids.invocation_id(), "agent_id": turn.agent["agent_id"],
+            "project_id": turn.agent["project_id"], "session_id": turn.session_id,
+            "input_text": turn.input_text, "output": call.text if call else (progress.text or None),
+            "status": status, "error": error, "duration_ms": progress.elapsed_ms(),
+            "model": turn.request.model, "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens, "tokens_estimated": usage.estimated,
+            "time_to_first_token_ms": progress.time_to_first_token_ms,
+            "finish_reason": call.finish_reason if call else None,
+            "trace": [*turn.trace, trace_model], "created_at": created_at,
         }
-        messages: list[Record] = []
-        if session_id is not None and status == "success":
+
+    async def _record(self, turn: PreparedTurn, invocation: Record) -> list[Record]:
+        """Store the invocation (with the turn's two messages when it is a successful session
+        turn), counted whatever its outcome."""
+        session_id, messages = turn.session_id, []
+        if session_id is not None and invocation["status"] == "success":
             messages = [
                 {"message_id": ids.message_id(), "session_id": session_id, "role": "user",
-                 "content": input_text, "invocation_id": invocation["invocation_id"], "created_at": created_at},
+                 "content": turn.input_text, "invocation_id": invocation["invocation_id"],
+                 "created_at": invocation["created_at"]},
                 {"message_id": ids.message_id(), "session_id": session_id, "role": "assistant",
-                 "content": output, "invocation_id": invocation["invocation_id"], "created_at": utc_now()},
+                 "content": invocation["output"], "invocation_id": invocation["invocation_id"],
+                 "created_at": utc_now()},
             ]
         try:
             await self.store.record_invocation(invocation=invocation, messages=messages)
         except LookupError as exc:
-            raise NotFound("agent or session", session_id or agent_id) from exc
-        metrics.record_invocation(status=status, seconds=duration_ms / 1000)
-        logger.info("Agent invoked", extra={"invocation_id": invocation["invocation_id"],
-                                            "status": status, "duration_ms": duration_ms})
-        if status == "failed":
-            raise InvocationFailed(f"Agent {agent_id!r} failed to answer: {error}",
-                                   details={"invocation_id": invocation["invocation_id"]})
-        return invocation, messages
+            raise NotFound("agent or session", session_id or turn.agent["agent_id"]) from exc
+        status = invocation["status"]
+        metrics.record_invocation(status=status, seconds=invocation["duration_ms"] / 1000)
+        logger.info("Agent invoked", extra={
+            "invocation_id": invocation["invocation_id"], "status": status,
+            "duration_ms": invocation["duration_ms"], "input_tokens": invocation["input_tokens"],
+            "output_tokens": invocation["output_tokens"]})
+        return messages
 
     async def invocations(self, *, agent_id: str, limit: int, last_key: str | None) -> Page:
         await self._agent(agent_id)
@@ -167,12 +295,16 @@ class AgentService:
     async def get_session(self, *, session_id: str) -> Record:
         return await self._session(session_id)
 
-    async def post_message(self, *, session_id: str, content: str) -> dict[str, Any]:
+    async def prepare_message(self, *, session_id: str, content: str) -> PreparedTurn:
         session = await self._session(session_id)
-        invocation, (user_message, assistant_message) = await self._invoke(
-            agent_id=session["agent_id"], input_text=content, session_id=session_id)
-        return {"user_message": user_message, "assistant_message": assistant_message,
-                "invocation": invocation_public(invocation, with_trace=False)}
+        return await self.prepare(agent_id=session["agent_id"], input_text=content, session_id=session_id)
+
+    async def post_message(self, *, session_id: str, content: str) -> dict[str, Any]:
+        turn = await self.prepare_message(session_id=session_id, content=content)
+        async for event in self.run(turn):
+            if isinstance(event, Turn):
+                return turn_public(event)
+        raise AssertionError("an invocation ends with its record")
 
     async def messages(self, *, session_id: str, limit: int, last_key: str | None) -> Page:
         await self._session(session_id)

@@ -9,11 +9,24 @@ from api.services.api_call_counter import ApiCallCounter, today
 
 DEFAULT_DAYS = 7
 MAX_DAYS = 366
-TrendMetric = Literal["builds", "invocations", "success_rate", "api_calls"]
+TrendMetric = Literal["builds", "invocations", "success_rate", "api_calls", "tokens"]
+# Where model tokens are spent, each counted under `<source>_input_tokens` / `_output_tokens`.
+TOKEN_SOURCES = ("invocation", "build")
 
 
 def _ratio(part: float, whole: float, scale: float = 1.0) -> float:
     return round(scale * part / whole, 3) if whole else 0.0
+
+
+def _tokens(counts: dict[str, float], source: str, direction: str) -> int:
+    return int(counts.get(f"{source}_{direction}_tokens", 0))
+
+
+def _token_totals(counters: dict[str, float], today_counts: dict[str, float],
+                  sources: tuple[str, ...]) -> dict[str, int]:
+    return {f"{direction}_{period}": sum(_tokens(counts, source, direction) for source in sources)
+            for direction in ("input", "output")
+            for period, counts in (("total", counters), ("today", today_counts))}
 
 
 def _success_rate(succeeded: float, failed: float) -> float:
@@ -46,6 +59,11 @@ class StatisticsService:
             "today_calls": int(counts.get("invocations_total", 0)),
             "today_api_calls": int(counts.get("api_calls", 0)) + self.api_calls.pending(day),
             "total_invocations": int(counters["invocations_total"]),
+            "tokens": {**_token_totals(counters, counts, TOKEN_SOURCES),
+                       "invocations": _token_totals(counters, counts, ("invocation",)),
+                       "builds": _token_totals(counters, counts, ("build",))},
+            "avg_time_to_first_token_ms": _ratio(counters["invocation_ttft_ms_total"],
+                                                 counters["invocation_ttft_count"]),
         }
 
     async def _days(self, start_date: date | None, end_date: date | None) -> list[Daily]:
@@ -75,6 +93,8 @@ class StatisticsService:
                 "avg_duration_minutes": _ratio(day.counts.get("build_seconds_succeeded", 0),
                                                day.counts.get("builds_succeeded", 0), 1 / 60),
                 "builds_by_stage": day.failed_stages,
+                "input_tokens": _tokens(day.counts, "build", "input"),
+                "output_tokens": _tokens(day.counts, "build", "output"),
             }
             for day in await self._days(start_date, end_date)
         ]
@@ -89,8 +109,13 @@ class StatisticsService:
                 "total_invocations": int(total),
                 "successful_invocations": int(succeeded),
                 "failed_invocations": int(day.counts.get("invocations_failed", 0)),
+                "cancelled_invocations": int(day.counts.get("invocations_cancelled", 0)),
                 "success_rate": _ratio(succeeded, total, 100),
                 "avg_duration_ms": _ratio(day.counts.get("invocation_ms_total", 0), total),
+                "input_tokens": _tokens(day.counts, "invocation", "input"),
+                "output_tokens": _tokens(day.counts, "invocation", "output"),
+                "avg_time_to_first_token_ms": _ratio(day.counts.get("invocation_ttft_ms_total", 0),
+                                                     day.counts.get("invocation_ttft_count", 0)),
             })
         return result
 
@@ -100,6 +125,9 @@ class StatisticsService:
             counts = day.counts
             if metric == "success_rate":
                 return _success_rate(counts.get("builds_succeeded", 0), counts.get("builds_failed", 0))
+            if metric == "tokens":
+                return sum(_tokens(counts, source, direction) for source in TOKEN_SOURCES
+                           for direction in ("input", "output"))
             name = {"builds": "builds_total", "invocations": "invocations_total",
                     "api_calls": "api_calls"}[metric]
             return int(counts.get(name, 0))

@@ -30,7 +30,9 @@ from api.engine.stages import initial_stages
 BASE = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 DAY0, DAY1, DAY2, DAY3 = ("2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04")
 AGENT_STATS = {"total_invocations": 0, "successful_invocations": 0, "failed_invocations": 0,
-               "total_duration_ms": 0, "last_invoked_at": None}
+               "cancelled_invocations": 0, "total_duration_ms": 0, "total_input_tokens": 0,
+               "total_output_tokens": 0, "ttft_ms_total": 0, "ttft_count": 0,
+               "last_invoked_at": None}
 
 
 def ts(seconds: float = 0.0, *, day: int = 0) -> str:
@@ -103,7 +105,8 @@ async def registered_agent(store: Store, **fields: Any) -> Record:
 
 
 def new_invocation(agent: Record, *, created_at: str, status: str = "success",
-                   duration_ms: float = 10.0, session_id: str | None = None) -> Record:
+                   duration_ms: float = 10.0, session_id: str | None = None,
+                   tokens: tuple[int, int] = (0, 0), ttft_ms: float | None = None) -> Record:
     return {
         "invocation_id": ids.invocation_id(), "agent_id": agent["agent_id"],
         "project_id": agent["project_id"], "session_id": session_id,
@@ -111,6 +114,9 @@ def new_invocation(agent: Record, *, created_at: str, status: str = "success",
         "output": "answer" if status == "success" else None, "status": status,
         "error": None if status == "success" else "provider failed", "duration_ms": duration_ms,
         "trace": [{"step": "respond"}], "created_at": created_at,
+        "model": "offline" if any(tokens) else None, "input_tokens": tokens[0],
+        "output_tokens": tokens[1], "tokens_estimated": False, "time_to_first_token_ms": ttft_ms,
+        "finish_reason": "stop" if status == "success" else None,
     }
 
 
@@ -702,7 +708,7 @@ async def test_re_registering_an_agent_keeps_its_stats_and_moves_its_status_coun
     await store.put_agent(agent=rebuilt)
 
     stored = await store.get_agent(agent_id=agent["agent_id"])
-    assert stored == {**rebuilt, "created_at": ts(100), "total_invocations": 2,
+    assert stored == {**rebuilt, **AGENT_STATS, "created_at": ts(100), "total_invocations": 2,
                       "successful_invocations": 1, "failed_invocations": 1,
                       "total_duration_ms": 40, "last_invoked_at": ts(120)}
     assert delta(before, await store.get_counters()) == {"agents_offline": -1, "agents_running": 1}
@@ -811,8 +817,8 @@ async def test_record_invocation_counts_in_the_agent_the_counters_and_the_day(st
 
     stored = await store.get_agent(agent_id=agent["agent_id"])
     assert {key: stored[key] for key in AGENT_STATS} == {
-        "total_invocations": 2, "successful_invocations": 1, "failed_invocations": 1,
-        "total_duration_ms": 20.0, "last_invoked_at": ts(20, day=3)}
+        **AGENT_STATS, "total_invocations": 2, "successful_invocations": 1,
+        "failed_invocations": 1, "total_duration_ms": 20.0, "last_invoked_at": ts(20, day=3)}
     assert delta(before, await store.get_counters()) == {
         "invocations_total": 2, "invocations_succeeded": 1, "invocations_failed": 1,
         "invocation_ms_total": 20.0}

@@ -48,7 +48,9 @@ async def test_project_builds_into_a_running_agent_that_answers(api: Api) -> Non
     assert answer["output"].startswith("[offline provider]")
     assert "lookup_order" in answer["output"]
     assert answer["invocation_id"].startswith("inv_")
-    assert any(step["step"] == "select_tool" for step in answer["trace"])
+    assert [step["step"] for step in answer["trace"]] == ["history", "tools", "model"]
+    assert answer["trace"][1]["offered"] == [] and "lookup_order" in answer["trace"][1]["designed"]
+    assert answer["tokens_estimated"] is True and answer["output_tokens"] > 0
 
     session = await api.call("POST", f"/api/v1/agents/{agent['agent_id']}/sessions", expect=201,
                              json={"display_name": "demo"})

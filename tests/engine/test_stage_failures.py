@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from api.providers.base import ModelProvider, ProviderError, StageOutput
+from api.providers.base import ModelError, ModelProvider, ModelRequest
 from api.providers.offline import OfflineProvider
 from tests.conftest import Api
 
@@ -16,16 +16,16 @@ class ScriptedModel(OfflineProvider):
         super().__init__(stage_delay_seconds=0)
         self.broken_step = broken_step
         self.how = how
+        self.broken_answers = 0
 
-    async def run_stage(self, *, stage: str, requirement: str, context: dict[str, Any]) -> StageOutput:
-        output = await super().run_stage(stage=stage, requirement=requirement, context=context)
-        if stage != self.broken_step:
-            return output
+    def _answer(self, request: ModelRequest) -> str:
+        answer = super()._answer(request)
+        if request.purpose != self.broken_step:
+            return answer
+        self.broken_answers += 1
         if self.how == "raise":
-            raise ProviderError("model endpoint answered 500")
-        path = next(p for p in output.artifacts if p.endswith(".py"))
-        output.artifacts[path] = "def broken(:\n    pass\n"
-        return output
+            raise ModelError("model endpoint answered 500")
+        return "```python\ndef broken(:\n    pass\n```"
 
 
 @pytest.fixture
@@ -34,16 +34,21 @@ def provider(request: pytest.FixtureRequest) -> ModelProvider:
 
 
 @pytest.mark.parametrize("provider", [{"broken_step": "tool_developer", "how": "bad code"}], indirect=True)
-async def test_code_that_does_not_compile_fails_the_build(api: Api) -> None:
+async def test_code_that_does_not_compile_fails_the_build(api: Api, provider: ScriptedModel) -> None:
     project_id = (await api.create_project())["project_id"]
     failed = await api.wait_status(project_id, "failed")
     error = failed["latest_build"]["error"]
     assert error["stage"] == "agent_developer_manager"
-    assert error["code"] == "CODE_COMPILATION_FAILED"
-    assert error["message"].startswith("tools/") and "line 1" in error["message"]
+    assert error["code"] == "GENERATED_CODE_INVALID"
+    assert error["message"].startswith("tool_developer: still invalid after 2 repair rounds: tools/")
+    assert "line 1" in error["message"] and "def broken(:" in error["message"]
+    # The first answer and both repair rounds were asked for, and their tokens kept.
+    assert provider.broken_answers == 3
     stage = await api.call("GET", f"/api/v1/projects/{project_id}/stages/agent_developer_manager")
     assert stage["status"] == "failed"
     assert [s["status"] for s in stage["sub_stages"]] == ["failed", "pending", "pending"]
+    assert stage["sub_stages"][0]["model_usage"]["calls"] == 3
+    assert stage["sub_stages"][0]["model_usage"]["output_tokens"] > 0
     assert any(line["level"] == "ERROR" and "line 1" in line["message"] for line in stage["logs"])
     # The broken code was never stored as an artifact, and no agent was registered.
     artifacts = await api.call("GET", f"/api/v1/projects/{project_id}/artifacts")
@@ -60,7 +65,8 @@ async def test_a_failing_model_fails_its_stage(api: Api) -> None:
     project_id = (await api.create_project())["project_id"]
     failed = await api.wait_status(project_id, "failed")
     assert failed["latest_build"]["error"] == {
-        "stage": "system_architecture", "code": "PROVIDER_ERROR", "message": "model endpoint answered 500"}
+        "stage": "system_architecture", "code": "MODEL_ERROR",
+        "message": "system_architecture: model endpoint answered 500"}
     statuses = [s["status"] for s in failed["stages_snapshot"]]
     assert statuses == ["completed", "completed", "failed", "pending", "pending", "pending"]
     overview = await api.call("GET", "/api/v1/statistics/overview")

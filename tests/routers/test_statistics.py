@@ -7,12 +7,9 @@ from typing import Any
 
 import pytest
 
-from api.providers.base import (
-    InvocationResult,
-    ModelProvider,
-    ProviderError,
-    StageOutput,
-)
+from collections.abc import AsyncIterator
+
+from api.providers.base import ModelError, ModelReply, ModelRequest, TextDelta
 from api.providers.offline import OfflineProvider
 from tests.conftest import OTHER_REQUIREMENT, REQUIREMENT, Api, wait_for
 
@@ -22,33 +19,34 @@ HOLD = "[hold]"
 FAIL = "FAIL"
 
 
-class ScriptedModel(ModelProvider):
+class ScriptedModel(OfflineProvider):
     """Stands in for a hosted model: answers as the offline provider does, except where the
     requirement or the question asks it to misbehave the way a real model or endpoint can."""
 
     name = "scripted"
 
     def __init__(self) -> None:
-        self.offline = OfflineProvider(stage_delay_seconds=0)
+        super().__init__(stage_delay_seconds=0)
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def run_stage(self, *, stage: str, requirement: str, context: dict[str, Any]) -> StageOutput:
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        requirement, stage = request.inputs["requirement"], request.purpose
         if HOLD in requirement and stage == "requirements_analysis":
             self.holding.set()  # a slow model: the build waits here until stopped
             await self.release.wait()
         if PROVIDER_DOWN in requirement and stage == "system_architecture":
-            raise ProviderError("model endpoint answered 503")
-        output = await self.offline.run_stage(stage=stage, requirement=requirement, context=context)
+            raise ModelError("model endpoint answered 503")
         if BAD_CODE in requirement and stage == "tool_developer":
-            output.artifacts = {path: "def broken(:\n    pass\n" for path in output.artifacts}
-        return output
+            return ModelReply(text="def broken(:\n    pass\n", finish_reason="stop", model=self.name,
+                              usage=None)
+        return await super().complete(request)
 
-    async def invoke(self, *, agent: dict[str, Any], input_text: str,
-                     history: list[dict[str, Any]]) -> InvocationResult:
-        if input_text.startswith(FAIL):
-            raise ProviderError("model timed out")
-        return await self.offline.invoke(agent=agent, input_text=input_text, history=history)
+    async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelReply]:
+        if request.inputs["input_text"].startswith(FAIL):
+            raise ModelError("model timed out")
+        async for event in super().stream(request):
+            yield event
 
 
 @pytest.fixture
@@ -103,13 +101,13 @@ async def test_every_figure_is_exact_after_a_known_mix(api: Api, provider: Scrip
     await api.wait_status(other["project_id"], "completed")
     failed = await api.wait_status(bad_code["project_id"], "failed")
     assert failed["latest_build"]["error"]["stage"] == "agent_developer_manager"
-    assert failed["latest_build"]["error"]["code"] == "CODE_COMPILATION_FAILED"
-    assert failed["latest_build"]["error"]["message"].startswith("tools/")
+    assert failed["latest_build"]["error"]["code"] == "GENERATED_CODE_INVALID"
+    assert "tools/" in failed["latest_build"]["error"]["message"]
     assert [s["status"] for s in failed["stages_snapshot"]] == [
         "completed", "completed", "completed", "completed", "failed", "pending"]
     down = await api.wait_status(provider_down["project_id"], "failed")
-    assert down["latest_build"]["error"] == {"stage": "system_architecture", "code": "PROVIDER_ERROR",
-                                             "message": "model endpoint answered 503"}
+    assert down["latest_build"]["error"] == {"stage": "system_architecture", "code": "MODEL_ERROR",
+                                             "message": "system_architecture: model endpoint answered 503"}
 
     await asyncio.wait_for(provider.holding.wait(), timeout=20)
     await api.wait_status(held["project_id"], "building")

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 
 from api.config import Settings
 from api.main import create_app
-from api.providers.base import InvocationResult, ModelProvider, StageOutput
+from api.providers.base import ModelProvider, ModelReply, ModelRequest
 from api.providers.offline import OfflineProvider
 from tests.conftest import REQUIREMENT, Api, make_settings, wait_for
 
@@ -142,11 +142,11 @@ class CountingModel(OfflineProvider):
         super().__init__(stage_delay_seconds=0.05)
         self.in_flight = self.most_in_flight = 0
 
-    async def run_stage(self, *, stage: str, requirement: str, context: dict[str, Any]) -> StageOutput:
+    async def complete(self, request: ModelRequest) -> ModelReply:
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
-            return await super().run_stage(stage=stage, requirement=requirement, context=context)
+            return await super().complete(request)
         finally:
             self.in_flight -= 1
 
@@ -223,25 +223,21 @@ async def test_invocations_during_a_rebuild_are_all_counted(api: Api) -> None:
     assert (overview["total_agents"], overview["running_agents"], overview["total_invocations"]) == (1, 1, 30)
 
 
-class SlowDeployModel(ModelProvider):
+class SlowDeployModel(OfflineProvider):
     """Stands in for a hosted model that takes its time over the last stage."""
 
     name = "slow-deploy"
 
     def __init__(self) -> None:
-        self.offline = OfflineProvider(stage_delay_seconds=0)
+        super().__init__(stage_delay_seconds=0)
         self.deploying = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def run_stage(self, *, stage: str, requirement: str, context: dict[str, Any]) -> StageOutput:
-        if stage == "agent_deployer":
+    async def complete(self, request: ModelRequest) -> ModelReply:
+        if request.purpose == "agent_deployer":
             self.deploying.set()
             await self.release.wait()
-        return await self.offline.run_stage(stage=stage, requirement=requirement, context=context)
-
-    async def invoke(self, *, agent: dict[str, Any], input_text: str,
-                     history: list[dict[str, Any]]) -> InvocationResult:
-        return await self.offline.invoke(agent=agent, input_text=input_text, history=history)
+        return await super().complete(request)
 
 
 @asynccontextmanager
