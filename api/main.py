@@ -24,6 +24,7 @@ from api.engine.build_engine import BuildEngine
 from api.engine.stage_work import StageWorker
 from api.middleware.body_limit import BodySizeLimitMiddleware
 from api.observability import setup as observability
+from api.observability.model_probe import ModelProbe
 from api.providers.base import ModelProvider
 from api.providers.client import ModelClient
 from api.providers.factory import create_provider
@@ -78,6 +79,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                          max_concurrent_builds=settings.max_concurrent_builds,
                          lease_seconds=settings.build_lease_seconds)
     api_calls = ApiCallCounter(store=store, flush_seconds=settings.api_calls_flush_seconds)
+    app.state.model_probe = ModelProbe(
+        list_models=client.list_models, provider=settings.model_provider,
+        endpoint=provider.endpoint,
+        models={"build": settings.model_for("build"), "invoke": settings.model_for("invoke")})
     app.state.store = store
     app.state.engine = engine
     app.state.api_calls = api_calls
@@ -85,6 +90,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.agent_service = AgentService(store=store, client=client, settings=settings)
     app.state.statistics_service = StatisticsService(store=store, api_calls=api_calls)
     await observability.start(app)
+    app.state.model_probe.start()
     await engine.start()
     api_calls.start()
     _drain_on_sigterm(app, settings.shutdown_drain_seconds)
@@ -100,6 +106,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
             app.state.draining = True
             await engine.shutdown()
+            await app.state.model_probe.stop()
             await app.state.agent_service.drain()
             await client.close()
             await api_calls.stop()

@@ -2,6 +2,7 @@
 uvicorn subprocess on a loopback port."""
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -107,6 +108,17 @@ class Api:
                                  params={"project_id": project["project_id"]})
         assert agents["count"] == 1
         return agents["items"][0]
+
+
+def sse_events(text: str) -> list[tuple[str, Any]]:
+    """The (event, data) frames of a Server-Sent Events body; comments (heartbeats) skipped."""
+    events = []
+    for frame in text.split("\n\n"):
+        lines = [line for line in frame.split("\n") if line and not line.startswith(":")]
+        if lines:
+            fields = dict(line.split(": ", 1) for line in lines)
+            events.append((fields["event"], json.loads(fields["data"])))
+    return events
 
 
 # The API end-to-end tests (tests/e2e) run on every storage backend; the rest of the suite

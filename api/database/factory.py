@@ -1,10 +1,7 @@
 """Choose the store named by STORAGE_BACKEND."""
 
-import os
-
-import botocore.session
-
 from api.config import Settings
+from api.core.aws import standard_region
 from api.database.sqlite_store import SQLiteStore
 from api.database.store import Store
 
@@ -24,10 +21,7 @@ def _dynamodb_store(settings: Settings) -> Store:
     # Imported here: aiobotocore takes a while to import and SQLite deployments never need it.
     from api.database.dynamodb_client import DynamoDBStore
 
-    # The standard settings: AWS_REGION (botocore itself reads only the next two),
-    # AWS_DEFAULT_REGION, the region of the AWS profile.
-    region = (settings.dynamodb_region or os.environ.get("AWS_REGION")
-              or botocore.session.get_session().get_config_variable("region"))
+    region = settings.dynamodb_region or standard_region()
     if not region:
         raise BackendUnavailable(
             "STORAGE_BACKEND=dynamodb is not available without an AWS region; set DYNAMODB_REGION "

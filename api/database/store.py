@@ -39,15 +39,8 @@ PROJECT_STATUS_FOR_BUILD = {
     "cancelled": "stopped",
 }
 
-COUNTER_NAMES = (
-    "builds_total",
-    "builds_succeeded",
-    "builds_failed",
-    "builds_cancelled",
-    "builds_active",
-    "build_seconds_succeeded",
-    "agents_running",
-    "agents_offline",
+# Kept both overall and per day: invocations and model usage.
+EVENT_COUNTS = (
     "invocations_total",
     "invocations_succeeded",
     "invocations_failed",
@@ -61,22 +54,24 @@ COUNTER_NAMES = (
     "build_output_tokens",
 )
 
+COUNTER_NAMES = (
+    "builds_total",
+    "builds_succeeded",
+    "builds_failed",
+    "builds_cancelled",
+    "builds_active",
+    "build_seconds_succeeded",
+    "agents_running",
+    "agents_offline",
+    *EVENT_COUNTS,
+)
+
 DAILY_FIELDS = (
     "builds_total",
     "builds_succeeded",
     "builds_failed",
     "build_seconds_succeeded",
-    "invocations_total",
-    "invocations_succeeded",
-    "invocations_failed",
-    "invocations_cancelled",
-    "invocation_ms_total",
-    "invocation_input_tokens",
-    "invocation_output_tokens",
-    "invocation_ttft_ms_total",
-    "invocation_ttft_count",
-    "build_input_tokens",
-    "build_output_tokens",
+    *EVENT_COUNTS,
     "api_calls",
 )
 

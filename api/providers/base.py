@@ -100,6 +100,8 @@ class ModelProvider(abc.ABC):
     must close its request (the SDKs do when the task is cancelled)."""
 
     name: str
+    # Where the calls go (shown by the health check, credentials stripped); None: nowhere.
+    endpoint: str | None = None
 
     @abc.abstractmethod
     async def complete(self, request: ModelRequest) -> ModelReply:

@@ -58,7 +58,7 @@ class BedrockProvider(ModelProvider):
         # None: the standard chain (AWS_REGION, AWS_DEFAULT_REGION, the profile's region).
         self.region = region
         # None: botocore's own (AWS_ENDPOINT_URL_BEDROCK_RUNTIME / _BEDROCK, or AWS's).
-        self.endpoint_url = endpoint_url
+        self.endpoint_url = self.endpoint = endpoint_url
         self.config = AioConfig(
             retries={"mode": "standard", "total_max_attempts": max_retries + 1},
             read_timeout=timeout_seconds, connect_timeout=min(timeout_seconds, 10),

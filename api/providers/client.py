@@ -46,6 +46,11 @@ class ModelCall:
 
 
 @dataclass
+class _Seen:
+    call: ModelCall | None = None
+
+
+@dataclass
 class StreamProgress:
     """What a streamed call has produced so far: read it when the call is cancelled."""
 
@@ -80,58 +85,13 @@ class ModelClient:
             return dataclasses.replace(request, schema_in_prompt=True)
         return request
 
-    async def complete(self, request: ModelRequest) -> ModelCall:
-        progress = StreamProgress(request)
-        outcome = "error"
-        call: ModelCall | None = None
+    @contextlib.asynccontextmanager
+    async def _observed(self, request: ModelRequest, progress: StreamProgress) -> AsyncIterator[_Seen]:
+        """One call's outcome for the metrics and the log line, whatever ends it."""
+        seen, outcome = _Seen(), "error"
         try:
-            async with self._slots:
-                async with asyncio.timeout(self.deadline_seconds):
-                    try:
-                        reply = await self.provider.complete(self._prepared(request))
-                    except SchemaUnsupported:
-                        self._schema_refused.add(request.model)
-                        logger.warning("Model endpoint refused json_schema output; asking in the prompt",
-                                       extra={"model": request.model, "provider": self.provider.name})
-                        reply = await self.provider.complete(self._prepared(request))
-            call = self._finished(progress, reply)
+            yield seen
             outcome = "success"
-            return call
-        except TimeoutError as exc:
-            outcome = "timeout"
-            raise ModelTimeout(f"the model did not answer within {self.deadline_seconds:g} s") from exc
-        except ModelError as exc:
-            outcome = exc.outcome
-            raise
-        except asyncio.CancelledError:
-            outcome = "cancelled"
-            raise
-        finally:
-            self._observe(request, progress, call, outcome)
-
-    async def stream(self, request: ModelRequest,
-                     progress: StreamProgress) -> AsyncIterator[TextDelta | ModelCall]:
-        """Deltas, then one ModelCall. `progress` follows the text, for a cancelled call."""
-        outcome = "error"
-        call: ModelCall | None = None
-        try:
-            async with self._slots:
-                # aclosing: a consumer that stops early closes the provider's request now, not
-                # whenever the generator is collected.
-                async with (asyncio.timeout(self.deadline_seconds),
-                            contextlib.aclosing(self.provider.stream(self._prepared(request))) as events):
-                    async for event in events:
-                        if isinstance(event, TextDelta):
-                            if progress.time_to_first_token_ms is None and event.text:
-                                progress.time_to_first_token_ms = progress.elapsed_ms()
-                            progress.text += event.text
-                            yield event
-                        else:
-                            call = self._finished(progress, event)
-            if call is None:
-                raise ModelError("the model's stream ended without a final message")
-            outcome = "success"
-            yield call
         except TimeoutError as exc:
             outcome = "timeout"
             raise ModelTimeout(f"the model did not answer within {self.deadline_seconds:g} s") from exc
@@ -142,7 +102,41 @@ class ModelClient:
             outcome = "cancelled"
             raise
         finally:
-            self._observe(request, progress, call, outcome)
+            self._observe(request, progress, seen.call, outcome)
+
+    async def complete(self, request: ModelRequest) -> ModelCall:
+        progress = StreamProgress(request)
+        async with self._observed(request, progress) as seen, self._slots:
+            async with asyncio.timeout(self.deadline_seconds):
+                try:
+                    reply = await self.provider.complete(self._prepared(request))
+                except SchemaUnsupported:
+                    self._schema_refused.add(request.model)
+                    logger.warning("Model endpoint refused json_schema output; asking in the prompt",
+                                   extra={"model": request.model, "provider": self.provider.name})
+                    reply = await self.provider.complete(self._prepared(request))
+            seen.call = self._finished(progress, reply)
+        return seen.call
+
+    async def stream(self, request: ModelRequest,
+                     progress: StreamProgress) -> AsyncIterator[TextDelta | ModelCall]:
+        """Deltas, then one ModelCall. `progress` follows the text, for a cancelled call."""
+        async with self._observed(request, progress) as seen, self._slots:
+            # aclosing: a consumer that stops early closes the provider's request now, not
+            # whenever the generator is collected.
+            async with (asyncio.timeout(self.deadline_seconds),
+                        contextlib.aclosing(self.provider.stream(self._prepared(request))) as events):
+                async for event in events:
+                    if isinstance(event, ModelReply):
+                        seen.call = self._finished(progress, event)
+                        continue
+                    if progress.time_to_first_token_ms is None and event.text:
+                        progress.time_to_first_token_ms = progress.elapsed_ms()
+                    progress.text += event.text
+                    yield event
+            if seen.call is None:
+                raise ModelError("the model's stream ended without a final message")
+        yield seen.call
 
     async def list_models(self) -> list[str]:
         return await self.provider.list_models()

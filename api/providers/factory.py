@@ -1,6 +1,7 @@
 """Choose the model provider named by MODEL_PROVIDER."""
 
 from api.config import Settings
+from api.core.aws import standard_region
 from api.providers.base import ModelProvider
 from api.providers.offline import OfflineProvider
 
@@ -42,9 +43,13 @@ def _bedrock(settings: Settings) -> ModelProvider:
     from api.providers.bedrock import BedrockProvider
 
     _require_models(settings, "BEDROCK_MODEL_ID")
-    # The region comes from the standard AWS chain (AWS_REGION, AWS_DEFAULT_REGION, the profile).
+    region = standard_region()
+    if not region:
+        raise ProviderUnavailable(
+            "MODEL_PROVIDER=bedrock is not available without an AWS region; set AWS_REGION "
+            "(or AWS_DEFAULT_REGION, or a region in the AWS profile).")
     return BedrockProvider(
-        model_id=settings.model_for("build"), region=None,
+        model_id=settings.model_for("build"), region=region,
         timeout_seconds=settings.model_timeout_seconds, max_retries=settings.model_max_retries)
 
 

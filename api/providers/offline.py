@@ -166,7 +166,7 @@ class OfflineProvider(ModelProvider):
     @staticmethod
     def _requirements_analysis(inputs: Mapping[str, Any]) -> str:
         requirement = inputs["requirement"]
-        sentences = [s.strip()[:100] for s in re.split(r"[.\n!?]+", requirement) if s.strip()][:6]
+        sentences = [s.strip()[:100] for s in re.split(r"[.\n!?]+", requirement) if s.strip()][:4]
         return json.dumps({"functional": sentences or [requirement[:100]],
                            "non_functional": [f"{LABEL} answers are deterministic templates"],
                            "keywords": design_for(requirement)["keywords"]})
@@ -176,7 +176,7 @@ class OfflineProvider(ModelProvider):
         design = design_for(inputs["requirement"])
         components = [{"name": "agent_runtime", "responsibility": "Answers the user's requests"},
                       *({"name": tool["name"], "responsibility": tool["description"]}
-                        for tool in design["tools"][:4]),
+                        for tool in design["tools"][:2]),
                       {"name": "session_memory", "responsibility": "Keeps the conversation's history"}]
         return json.dumps({"components": components,
                            "data_flow": f"{LABEL} A request reaches the runtime, which calls a tool "

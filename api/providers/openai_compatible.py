@@ -45,13 +45,16 @@ class OpenAICompatibleProvider(ModelProvider):
 
     def __init__(self, *, base_url: str, api_key: SecretStr | None, timeout_seconds: float,
                  max_retries: int) -> None:
-        self.base_url = base_url
+        self.base_url = self.endpoint = base_url
         # `timeout` bounds each attempt's connect and each read; ModelClient's deadline bounds
         # the whole call with its retries.
         self._client = AsyncOpenAI(
             base_url=base_url,
             api_key=api_key.get_secret_value() if api_key else NO_API_KEY,
             timeout=timeout_seconds, max_retries=max_retries)
+        # The SDK imports its resource modules on first use, ~1.9 s measured here: at start-up,
+        # not on the event loop in the middle of the first build.
+        _ = self._client.chat.completions, self._client.models
         # Some servers (older vLLM, some proxies) reject `stream_options`: asked without them
         # from then on, and their streams are counted by our estimate.
         self._stream_options_refused = False

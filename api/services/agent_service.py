@@ -41,7 +41,7 @@ def agent_public(agent: Record) -> Record:
         "total_input_tokens": agent["total_input_tokens"],
         "total_output_tokens": agent["total_output_tokens"],
         "avg_time_to_first_token_ms": (round(agent["ttft_ms_total"] / agent["ttft_count"], 3)
-                                       if agent["ttft_count"] else None),
+                                       if agent["ttft_count"] else 0.0),
     }
     return public
 

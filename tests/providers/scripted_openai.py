@@ -1,6 +1,6 @@
 """A scripted OpenAI-compatible Chat Completions server, for the failure modes a hosted API
 cannot be made to show on demand: 429 with Retry-After, 500s, hangs, streams cut mid-way, an
-endpoint that refuses json_schema output.
+endpoint that refuses json_schema output; `Respond` computes an answer from the request.
 
 It is a real HTTP/1.1 server on 127.0.0.1 (the standard library's, one thread per connection,
 so it never runs on a test's event loop): the SDK, httpx and the sockets under test are all
@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
@@ -65,7 +66,20 @@ class CutStream:
     send_done: bool = False
 
 
-Behaviour = Answer | Fail | Hang | CutStream
+# What the server does with one request.
+Served = Answer | Fail | Hang | CutStream
+
+
+@dataclass(frozen=True)
+class Respond:
+    """A behaviour computed from the request's JSON body, on the server's thread: for answers
+    that depend on what was asked (a build stage's, told by its system prompt). An exception
+    it raises is answered as a 500 naming it, so that a broken script shows in the failure."""
+
+    behaviour: Callable[[dict[str, Any]], Served]
+
+
+Behaviour = Served | Respond
 # An answer whose text is not valid JSON (cut inside a list): the engine must reject it.
 MALFORMED_JSON = '{"agent_name": "triage_agent", "tools": [{"name": "lookup_order"'
 
@@ -104,7 +118,8 @@ class ReceivedRequest:
     # Header names lower-cased.
     headers: dict[str, str]
     body: dict[str, Any] | None
-    behaviour: Behaviour | None
+    # Respond's computed behaviour, not Respond itself.
+    behaviour: Served | None
     received_at: float  # time.monotonic()
     ended_at: float | None = None
     # The client closed the connection before the answer was complete.
@@ -235,6 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
         owner = self.server.owner
         is_completion = self.command == "POST" and self.path.endswith("/chat/completions")
         behaviour = owner._next() if is_completion else None
+        if isinstance(behaviour, Respond):
+            behaviour = _computed(behaviour, body or {})
         received = ReceivedRequest(
             method=self.command, path=self.path, headers={k.lower(): v for k, v in self.headers.items()},
             body=body, behaviour=behaviour, received_at=time.monotonic())
@@ -253,7 +270,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         received.ended_at = time.monotonic()
 
-    def _answer(self, behaviour: Behaviour, body: dict[str, Any]) -> None:
+    def _answer(self, behaviour: Served, body: dict[str, Any]) -> None:
         model = str(body.get("model") or DEFAULT_MODEL)
         if isinstance(behaviour, Fail):
             self._json(behaviour.status, behaviour.body, behaviour.headers)
@@ -338,6 +355,13 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Disconnected from exc
             # Bytes from a client that pipelines: not ours to read now; keep waiting.
             time.sleep(min(left, 0.01))
+
+
+def _computed(respond: Respond, body: dict[str, Any]) -> Served:
+    try:
+        return respond.behaviour(body)
+    except Exception as exc:
+        return Fail(500, _openai_error(f"the scripted behaviour failed: {exc!r}", "server_error"))
 
 
 def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:

@@ -48,3 +48,21 @@ async def test_a_base_url_alone_needs_no_key() -> None:
     # The SDK's own attempt timeout and retry count, as the settings say.
     assert (provider._client.timeout, provider._client.max_retries) == (7, 3)
     await provider.close()
+
+
+def test_bedrock_needs_a_region(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    for variable in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(ProviderUnavailable, match="MODEL_PROVIDER=bedrock is not available without an AWS region"):
+        create_provider(Settings(_env_file=None, model_provider="bedrock", bedrock_model_id="m"))
+
+
+async def test_bedrock_takes_aws_region(monkeypatch: pytest.MonkeyPatch) -> None:
+    from api.providers.bedrock import BedrockProvider
+
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    provider = create_provider(Settings(_env_file=None, model_provider="bedrock",
+                                        bedrock_model_id="anthropic.claude-3-haiku-20240307-v1:0"))
+    assert isinstance(provider, BedrockProvider) and provider.region == "eu-west-1"
+    await provider.close()

@@ -59,6 +59,9 @@ def settings_overrides() -> dict[str, Any]:
     return {"offline_stage_delay_seconds": 0.0}
 
 
+NO_TOKENS = {"input_total": 0, "output_total": 0, "input_today": 0, "output_today": 0}
+
+
 def utc_today() -> str:
     return datetime.now(UTC).date().isoformat()
 
@@ -84,7 +87,8 @@ async def test_a_fresh_platform_reports_zeros(api: Api) -> None:
         "total_agents": 0, "running_agents": 0, "building_agents": 0, "offline_agents": 0,
         "total_builds": 0, "successful_builds": 0, "failed_builds": 0, "active_builds": 0,
         "success_rate": 0.0, "avg_build_time_minutes": 0.0, "today_calls": 0,
-        "today_api_calls": 1, "total_invocations": 0}
+        "today_api_calls": 1, "total_invocations": 0, "avg_time_to_first_token_ms": 0.0,
+        "tokens": {**NO_TOKENS, "builds": NO_TOKENS, "invocations": NO_TOKENS}}
     days = await api.call("GET", "/api/v1/statistics/builds")
     assert len(days) == 7 and all(day["total_builds"] == 0 for day in days)
 
@@ -161,11 +165,23 @@ async def test_every_figure_is_exact_after_a_known_mix(api: Api, provider: Scrip
     assert {i["invocation_id"] for i in invocations if i["status"] == "failed"} == failed_ids
     assert all(i["error"] == "model timed out" for i in invocations if i["status"] == "failed")
     avg_invocation_ms = round(sum(i["duration_ms"] for i in invocations) / 7, 3)
+    # Tokens: every invocation used some (a failed one its prompt), and the same figures are
+    # summed in the agent's stats and the statistics.
+    input_tokens = sum(i["input_tokens"] for i in invocations)
+    output_tokens = sum(i["output_tokens"] for i in invocations)
+    assert all(i["input_tokens"] > 0 and i["tokens_estimated"] for i in invocations)
+    ttfts = [i["time_to_first_token_ms"] for i in invocations if i["time_to_first_token_ms"] is not None]
+    assert len(ttfts) == 4  # the successful ones; a failed call sent no text
+    good_ttfts = [i["time_to_first_token_ms"] for i in good_invocations if i["status"] == "success"]
     good_stats = (await api.call("GET", f"/api/v1/agents/{good_agent['agent_id']}"))["runtime_stats"]
     assert good_stats == {
         "total_invocations": 5, "successful_invocations": 3, "failed_invocations": 2,
+        "cancelled_invocations": 0,
         "avg_duration_ms": round(sum(i["duration_ms"] for i in good_invocations) / 5, 3),
-        "last_invoked_at": good_invocations[0]["created_at"]}
+        "last_invoked_at": good_invocations[0]["created_at"],
+        "total_input_tokens": sum(i["input_tokens"] for i in good_invocations),
+        "total_output_tokens": sum(i["output_tokens"] for i in good_invocations),
+        "avg_time_to_first_token_ms": round(sum(good_ttfts) / 3, 3)}
 
     # -- agents: one offline, then its project deleted
     await api.call("PUT", f"/api/v1/agents/{other_agent['agent_id']}/status", json={"status": "offline"})
@@ -175,6 +191,13 @@ async def test_every_figure_is_exact_after_a_known_mix(api: Api, provider: Scrip
 
     # -- the overview
     figures = await overview(api)
+    tokens = figures.pop("tokens")
+    assert tokens["invocations"] == {"input_total": input_tokens, "output_total": output_tokens,
+                                     "input_today": input_tokens, "output_today": output_tokens}
+    assert tokens["builds"]["input_total"] > 0 and tokens["builds"]["output_total"] > 0
+    assert tokens["input_total"] == tokens["builds"]["input_total"] + input_tokens
+    assert tokens["output_total"] == tokens["builds"]["output_total"] + output_tokens
+    assert figures.pop("avg_time_to_first_token_ms") == round(sum(ttfts) / 4, 3)
     assert figures == {
         "total_agents": 1, "running_agents": 1, "building_agents": 0, "offline_agents": 0,
         # Builds are history: the deleted project's build still counts.
@@ -191,9 +214,11 @@ async def test_every_figure_is_exact_after_a_known_mix(api: Api, provider: Scrip
     assert builds_days[-1] == {
         "date": week[-1], "total_builds": 6, "successful_builds": 2, "failed_builds": 3,
         "avg_duration_minutes": avg_build_minutes,
-        "builds_by_stage": {"agent_developer_manager": 2, "system_architecture": 1}}
+        "builds_by_stage": {"agent_developer_manager": 2, "system_architecture": 1},
+        "input_tokens": tokens["builds"]["input_today"], "output_tokens": tokens["builds"]["output_today"]}
     assert all(day == {"date": day["date"], "total_builds": 0, "successful_builds": 0,
-                       "failed_builds": 0, "avg_duration_minutes": 0.0, "builds_by_stage": {}}
+                       "failed_builds": 0, "avg_duration_minutes": 0.0, "builds_by_stage": {},
+                       "input_tokens": 0, "output_tokens": 0}
                for day in builds_days[:-1])
     one_day = {"start_date": week[-1], "end_date": week[-1]}
     assert await api.call("GET", "/api/v1/statistics/builds", params=one_day) == builds_days[-1:]
@@ -203,13 +228,18 @@ async def test_every_figure_is_exact_after_a_known_mix(api: Api, provider: Scrip
     assert invocation_days[-1] == {
         "date": week[-1], "total_invocations": 7, "successful_invocations": 4,
         "failed_invocations": 3, "success_rate": round(100 * 4 / 7, 3),
-        "avg_duration_ms": avg_invocation_ms}
+        "avg_duration_ms": avg_invocation_ms, "cancelled_invocations": 0,
+        "input_tokens": input_tokens, "output_tokens": output_tokens,
+        "avg_time_to_first_token_ms": round(sum(ttfts) / 4, 3)}
     assert all(day == {"date": day["date"], "total_invocations": 0, "successful_invocations": 0,
-                       "failed_invocations": 0, "success_rate": 0.0, "avg_duration_ms": 0.0}
+                       "failed_invocations": 0, "success_rate": 0.0, "avg_duration_ms": 0.0,
+                       "cancelled_invocations": 0, "input_tokens": 0, "output_tokens": 0,
+                       "avg_time_to_first_token_ms": 0.0}
                for day in invocation_days[:-1])
 
     three_days = {"start_date": week[-3], "end_date": week[-1]}
-    for metric, value in (("builds", 6), ("invocations", 7), ("success_rate", 40.0), ("api_calls", None)):
+    for metric, value in (("builds", 6), ("invocations", 7), ("success_rate", 40.0), ("api_calls", None),
+                          ("tokens", tokens["input_today"] + tokens["output_today"])):
         trend = await api.call("GET", "/api/v1/statistics/trends", params={"metric": metric, **three_days})
         expected = api.api_requests if value is None else value
         assert trend == {"metric": metric, "data_points": [
