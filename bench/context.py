@@ -10,7 +10,7 @@ from typing import Any
 
 from bench import wrk
 from bench.results import ItemResult, Row, Side, Target
-from bench.servers import Server
+from bench.servers import ModelServer, Server
 
 
 @dataclass(frozen=True)
@@ -33,16 +33,20 @@ class Profile:
     memory_warmup_seconds: float
     memory_seconds: float  # of steady load after the warm-up
     memory_users: int
+    model_calls: int  # item 9: invocations through the timing proxy
+    ttft_pairs: int  # item 10: platform / direct streamed call pairs
 
 
 FULL = Profile(name="full", pairs=10, run_seconds=3, warmup_seconds=3, connections=16,
                latency_connections=1, stats_sizes=(1_000, 1_000_000), projects=100_000,
                page_depth=1_000, page_limit=20, builds=500, build_pairs=5, build_load_connections=2,
-               memory_warmup_seconds=60, memory_seconds=540, memory_users=20)
+               memory_warmup_seconds=60, memory_seconds=540, memory_users=20,
+               model_calls=100, ttft_pairs=30)
 QUICK = Profile(name="quick", pairs=3, run_seconds=1, warmup_seconds=1, connections=8,
                 latency_connections=1, stats_sizes=(1_000, 10_000), projects=2_000,
                 page_depth=50, page_limit=20, builds=10, build_pairs=3, build_load_connections=2,
-                memory_warmup_seconds=5, memory_seconds=10, memory_users=5)
+                memory_warmup_seconds=5, memory_seconds=10, memory_users=5,
+                model_calls=5, ttft_pairs=3)
 
 
 class Context:
@@ -51,7 +55,7 @@ class Context:
         self.bench_dir = bench_dir
         self.started = time.monotonic()
         self.item: ItemResult | None = None
-        self._servers: list[Server] = []
+        self._servers: list[Server | ModelServer] = []
 
     def log(self, message: str) -> None:
         elapsed = time.monotonic() - self.started
@@ -70,6 +74,15 @@ class Context:
         self._servers.append(server)
         self.item.command(server.command(self.bench_dir))
         self.log(f"starting {name} ({variant}) on port {server.port}")
+        return server.start()
+
+    def model_server(self, name: str) -> ModelServer:
+        """The real model server (scripts/model-server.sh), stopped with the item's servers."""
+        assert self.item is not None
+        server = ModelServer(self.workdir(name))
+        self._servers.append(server)
+        self.item.command(server.command())
+        self.log(f"starting {name} (llama-server) on port {server.port}")
         return server.start()
 
     def stop_servers(self) -> None:

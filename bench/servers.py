@@ -146,3 +146,65 @@ class Server:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+class ModelServer:
+    """The real model server (llama-server with SmolLM2-135M-Instruct, docs/MODELS.md), started
+    as tests/model's fixture starts it: `scripts/model-server.sh run PORT`, so that the install
+    directory, the model file and the server's flags are written down once, in that script."""
+
+    SCRIPT = REPO / "scripts" / "model-server.sh"
+    NOT_INSTALLED = 3  # the script's exit status when nothing is installed
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.base_url = f"http://{HOST}:{self.port}/v1"
+        self.argv = [str(self.SCRIPT), "run", str(self.port)]
+        self.model = ""  # the id /v1/models reports, once started
+        self.process: subprocess.Popen[bytes] | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "llama-server.log"
+
+    def command(self) -> str:
+        return "scripts/model-server.sh run $PORT"
+
+    def start(self) -> "ModelServer":
+        # A file, not a pipe: a pipe nobody reads would fill and stall the server.
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(self.argv, cwd=REPO, stdin=subprocess.DEVNULL,
+                                            stdout=out, stderr=out, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                output = self.log_path.read_text(errors="replace")[-3000:].strip()
+                if self.process.returncode == self.NOT_INSTALLED:
+                    raise RuntimeError(output)  # the script's own words: how to install it
+                raise RuntimeError(f"llama-server exited with status {self.process.returncode}: {output}")
+            try:
+                if httpx.get(f"http://{HOST}:{self.port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError(f"llama-server did not answer within {START_TIMEOUT_SECONDS:g} s")
+        models = httpx.get(f"{self.base_url}/models", timeout=5)
+        models.raise_for_status()
+        self.model = models.json()["data"][0]["id"]
+        return self
+
+    def stop(self) -> None:
+        # The script execs llama-server: the process is the server itself.
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

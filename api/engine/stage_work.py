@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from api import prompts
 from api.engine.answers import AgentDesign, Architecture, BuildPlan, Deployment, Requirements
+from api.engine.stages import STAGES
 from api.providers.base import Message, ModelError, ModelRequest, OutputSchema
 from api.providers.client import ModelCall, ModelClient
 
@@ -31,6 +32,9 @@ REPAIR_ROUNDS = 2
 # Per-call output caps by kind of answer (MODEL_MAX_OUTPUT_TOKENS caps them all): a design or a
 # function fits easily; the cap bounds what a small model rambling on costs.
 OUTPUT_TOKENS = {"json": 600, "code": 700, "text": 400}
+# Every stage and sub-stage that is model work has a prompt of its name.
+PROMPTED_STEPS = tuple(name for spec in STAGES
+                       for name in ([sub for sub, _ in spec.sub_stages] or [spec.name]))
 PYTHON_TYPES = {"str": "str", "int": "int", "float": "float", "bool": "bool", "list": "list[Any]"}
 _FENCED = re.compile(r"```[a-zA-Z0-9_-]*\n(.*?)(?:```|$)", re.S)
 
@@ -156,6 +160,9 @@ class StageWorker:
         self.model = model
         self.temperature = temperature
         self.max_output_tokens = max_output_tokens
+        # Read the prompt files now, at start-up, so no build reads a file on the event loop.
+        for stage in PROMPTED_STEPS:
+            prompts.load(stage)
 
     async def run(self, *, stage: str, requirement: str, context: dict[str, Any],
                   usage: StageUsage) -> StageOutput:

@@ -55,7 +55,7 @@ def display_endpoint(url: str | None) -> str | None:
 
 
 def offline_report(models: Mapping[str, str]) -> dict[str, Any]:
-    """The offline provider's state (also an app's without a probe): no endpoint to check."""
+    """The offline provider's state: no endpoint to check."""
     return {"status": "offline", "provider": OFFLINE_PROVIDER, "models": dict(models),
             "endpoint": None, "checked_at": None, "latency_ms": None,
             "message": "The offline provider calls no model endpoint"}

@@ -21,7 +21,7 @@ from api import __version__
 from api.core.clock import utc_now
 from api.core.envelope import error_response, ok
 from api.observability import db_observer
-from api.observability.model_probe import ModelProbe, offline_report
+from api.observability.model_probe import ModelProbe
 from api.observability.system import sampler
 
 PING_TIMEOUT_SECONDS = 2.0
@@ -85,12 +85,9 @@ async def check_database(store: Any) -> dict[str, Any]:
 
 
 def check_model_provider(request: Request) -> dict[str, Any]:
-    """The probe's cached result (no I/O); an app without a probe calls no model endpoint."""
-    probe: ModelProbe | None = getattr(request.app.state, "model_probe", None)
-    if probe is not None:
-        return probe.snapshot()
-    settings = request.app.state.settings
-    return offline_report({operation: settings.model_for(operation) for operation in ("build", "invoke")})
+    """The probe's cached result (no I/O)."""
+    probe: ModelProbe = request.app.state.model_probe
+    return probe.snapshot()
 
 
 async def check_aws_credentials() -> dict[str, Any]:

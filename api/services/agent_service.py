@@ -194,6 +194,16 @@ class AgentService:
         await asyncio.gather(*self._calls, return_exceptions=True)
 
     async def _call(self, turn: PreparedTurn, emit: Callable[[TextDelta | Turn | BaseException], None]) -> None:
+        try:
+            emit(await self._answer(turn, emit))
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a failed answer, a store failure, a bug: the consumer raises it
+            emit(exc)
+
+    async def _answer(self, turn: PreparedTurn, emit: Callable[[TextDelta], None]) -> Turn:
+        """Stream the model's answer through `emit` and record the invocation, whatever its
+        outcome; InvocationFailed after recording a failed one."""
         bind(agent_id=turn.agent["agent_id"], project_id=turn.agent["project_id"])
         progress = StreamProgress(turn.request)
         created_at = utc_now()
@@ -207,25 +217,16 @@ class AgentService:
         except ModelError as exc:
             invocation = self._invocation(turn, progress, None, created_at, status="failed", error=str(exc))
             await self._record(turn, invocation)
-            emit(InvocationFailed(f"Agent {turn.agent['agent_id']!r} failed to answer: {exc}",
-                                  details={"invocation_id": invocation["invocation_id"],
-                                           "model_error": exc.code}))
-            return
+            raise InvocationFailed(f"Agent {turn.agent['agent_id']!r} failed to answer: {exc}",
+                                   details={"invocation_id": invocation["invocation_id"],
+                                            "model_error": exc.code}) from exc
         except asyncio.CancelledError:
             invocation = self._invocation(turn, progress, None, created_at, status="cancelled",
                                           error="the client went away before the answer was complete")
             await self._record(turn, invocation)
             raise
-        except BaseException as exc:  # a store failure, a bug: the consumer answers it
-            emit(exc)
-            raise
         invocation = self._invocation(turn, progress, call, created_at, status="success", error=None)
-        try:
-            messages = await self._record(turn, invocation)
-        except BaseException as exc:
-            emit(exc)
-            raise
-        emit(Turn(invocation=invocation, messages=messages))
+        return Turn(invocation=invocation, messages=await self._record(turn, invocation))
 
     def _invocation(self, turn: PreparedTurn, progress: StreamProgress, call: ModelCall | None,
                     created_at: str, *, status: str, error: str | None) -> Record:

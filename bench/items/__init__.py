@@ -1,10 +1,10 @@
-"""The eight items of issue 6, by number."""
+"""The items by number: 1-8 from issue 6, 9-10 (a real model's calls) from issue 10."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.context import Context
-from bench.items import builds, memory, observability, scale, workers
+from bench.items import builds, memory, model_calls, observability, scale, workers
 from bench.results import Row
 
 
@@ -40,4 +40,12 @@ ITEMS: dict[int, Item] = {
             memory.steady_load),
     8: Item("Several workers", "throughput of 1 vs 2 worker processes; reported",
             workers.one_vs_two),
+    9: Item("Added latency per model call",
+            "JSON invocations of an agent on llama-server (SmolLM2-135M, 32 tokens, temperature 0): "
+            "client time minus the model server's time at a timing proxy; target p50 ≤ 5 ms",
+            model_calls.added_latency),
+    10: Item("Streamed time to first token",
+             "first `event: delta` through the platform vs the first content delta straight from "
+             "llama-server (openai SDK), the same messages, alternated; target ≤ 1.1",
+             model_calls.streamed_ttft),
 }

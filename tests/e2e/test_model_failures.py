@@ -2,7 +2,7 @@
 pointed at the scripted OpenAI server, so the real factory, provider, SDK retries, ModelClient,
 stage checks and stores all run. Each build request is answered by stage (told by its system
 prompt): a behaviour scripted for that stage if any, else the offline provider's valid answer
-with that stage's own usage. SQLite only: no test here takes `storage_backend`."""
+with that stage's own usage. SQLite only (the `settings` fixture below)."""
 
 import ast
 import json
@@ -125,9 +125,9 @@ def last_user_message(request: ReceivedRequest) -> str:
     return str(message["content"])
 
 
-async def finished(api: Api, status: str, requirement: str = REQUIREMENT) -> dict[str, Any]:
+async def finished(api: Api, status: str) -> dict[str, Any]:
     """A new project's build, once it completed or failed (which must be `status`)."""
-    created = await api.create_project(requirement)
+    created = await api.create_project(REQUIREMENT)
     project = await api.wait_status(created["project_id"], "completed", "failed", timeout=20)
     assert project["status"] == status, project["latest_build"]["error"]
     return project

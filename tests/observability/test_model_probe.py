@@ -244,14 +244,6 @@ async def test_the_offline_provider_is_never_probed(api: Api, app: FastAPI) -> N
         "message": "The offline provider calls no model endpoint"}
 
 
-async def test_without_a_probe_the_check_says_offline(api: Api, app: FastAPI) -> None:
-    if hasattr(app.state, "model_probe"):
-        del app.state.model_probe
-    check = (await api.call("GET", "/health/detailed"))["checks"]["model_provider"]
-    assert check["status"] == "offline" and check["endpoint"] is None
-    assert check["models"] == {"build": "offline", "invoke": "offline"}
-
-
 async def test_stop_cancels_a_probe_in_flight(models_server: ModelsServer,
                                               provider_of: OpenAICompatibleProvider) -> None:
     models_server.mood = "hang"
