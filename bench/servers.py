@@ -170,7 +170,8 @@ class ModelServer:
         return self.workdir / "llama-server.log"
 
     def command(self) -> str:
-        return "scripts/model-server.sh run $PORT"
+        # $MODEL_PORT: the platform's OPENAI_BASE_URL names it too.
+        return "scripts/model-server.sh run $MODEL_PORT"
 
     def start(self) -> "ModelServer":
         # A file, not a pipe: a pipe nobody reads would fill and stall the server.

@@ -11,6 +11,7 @@ project_id_var: ContextVar[str | None] = ContextVar("project_id", default=None)
 user_id_var: ContextVar[str | None] = ContextVar("user_id", default=None)
 build_id_var: ContextVar[str | None] = ContextVar("build_id", default=None)
 agent_id_var: ContextVar[str | None] = ContextVar("agent_id", default=None)
+invocation_id_var: ContextVar[str | None] = ContextVar("invocation_id", default=None)
 
 CONTEXT_VARS: dict[str, ContextVar[str | None]] = {
     "request_id": request_id_var,
@@ -18,6 +19,7 @@ CONTEXT_VARS: dict[str, ContextVar[str | None]] = {
     "user_id": user_id_var,
     "build_id": build_id_var,
     "agent_id": agent_id_var,
+    "invocation_id": invocation_id_var,
 }
 
 

@@ -62,6 +62,7 @@ def turn_public(turn: "Turn") -> Record:
 
 @dataclass(frozen=True)
 class PreparedTurn:
+    invocation_id: str
     agent: Record
     session_id: str | None
     input_text: str
@@ -161,8 +162,8 @@ class AgentService:
             max_output_tokens=self.settings.model_max_output_tokens,
             temperature=self.settings.model_temperature, purpose="invoke",
             inputs={"agent": agent, "input_text": input_text, "history": talk.history})
-        return PreparedTurn(agent=agent, session_id=session_id, input_text=input_text,
-                            request=request, trace=talk.trace)
+        return PreparedTurn(invocation_id=ids.invocation_id(), agent=agent, session_id=session_id,
+                            input_text=input_text, request=request, trace=talk.trace)
 
     async def run(self, turn: PreparedTurn) -> AsyncIterator[TextDelta | Heartbeat | Turn]:
         """The model's text as it comes (with a Heartbeat after each quiet HEARTBEAT_SECONDS),
@@ -204,7 +205,9 @@ class AgentService:
     async def _answer(self, turn: PreparedTurn, emit: Callable[[TextDelta], None]) -> Turn:
         """Stream the model's answer through `emit` and record the invocation, whatever its
         outcome; InvocationFailed after recording a failed one."""
-        bind(agent_id=turn.agent["agent_id"], project_id=turn.agent["project_id"])
+        # The model call's log line carries the invocation's id.
+        bind(agent_id=turn.agent["agent_id"], project_id=turn.agent["project_id"],
+             invocation_id=turn.invocation_id)
         progress = StreamProgress(turn.request)
         created_at = utc_now()
         call: ModelCall | None = None
@@ -237,7 +240,7 @@ class AgentService:
             output_tokens=usage.output_tokens, tokens_estimated=usage.estimated,
             time_to_first_token_ms=progress.time_to_first_token_ms)
         return {
-            "invocation_id": ids.invocation_id(), "agent_id": turn.agent["agent_id"],
+            "invocation_id": turn.invocation_id, "agent_id": turn.agent["agent_id"],
             "project_id": turn.agent["project_id"], "session_id": turn.session_id,
             "input_text": turn.input_text, "output": call.text if call else (progress.text or None),
             "status": status, "error": error, "duration_ms": progress.elapsed_ms(),

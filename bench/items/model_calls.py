@@ -43,8 +43,9 @@ class Platform:
     system_prompt: str
 
 
-def _platform(ctx: Context, name: str, *, model_url: str, model: str) -> Platform:
-    """The full app on a store seeded with one running agent, its model at `model_url`."""
+def _platform(ctx: Context, name: str, *, model_url: str, shown_url: str, model: str) -> Platform:
+    """The full app on a store seeded with one running agent, its model at `model_url`
+    (`shown_url` in the report: the port's name, not its number)."""
     path = ctx.workdir(name) / "data" / "nexus-ai.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     seed(path, projects=1, builds_per_project=1, invocations=0, agents=1)
@@ -53,6 +54,8 @@ def _platform(ctx: Context, name: str, *, model_url: str, model: str) -> Platfor
         "MODEL_TEMPERATURE": "0", "MODEL_MAX_OUTPUT_TOKENS": str(MAX_OUTPUT_TOKENS),
         # A failed attempt must show as a failure, not as a slow call.
         "MODEL_MAX_RETRIES": "0"})
+    assert ctx.item is not None
+    ctx.item.commands[-1] = ctx.item.commands[-1].replace(model_url, shown_url)
     response = httpx.get(f"{server.base_url}/api/v1/agents", timeout=30)
     response.raise_for_status()
     [agent] = response.json()["data"]["items"]
@@ -83,20 +86,24 @@ def added_latency(ctx: Context) -> list[Row]:
     model = ctx.model_server("model")
     calls = ctx.profile.model_calls
     with TimingProxy(model.base_url.removesuffix("/v1")) as proxy:
-        platform = _platform(ctx, "platform", model_url=f"{proxy.base_url}/v1", model=model.model)
         assert ctx.item is not None
-        ctx.item.command(f"timing proxy (bench/items/timing_proxy.py) on 127.0.0.1:$PORT in front of "
-                         f"the model server: OPENAI_BASE_URL=http://127.0.0.1:$PORT/v1")
+        ctx.item.command("# the timing proxy (bench/items/timing_proxy.py, in the benchmark's process) "
+                         "on 127.0.0.1:$PROXY_PORT relays to http://127.0.0.1:$MODEL_PORT")
+        platform = _platform(ctx, "platform", model_url=f"{proxy.base_url}/v1",
+                             shown_url="http://127.0.0.1:$PROXY_PORT/v1", model=model.model)
         client_ms: list[float] = []
         proxied: list[ProxiedCall] = []
         recorded_ms: list[float] = []
         before: list[float] = []  # the client's send to the proxy having the request
         after: list[float] = []  # the proxy's last byte to the client having the answer
+        cpu_ms: list[float] = []  # the platform process's CPU time per invocation
         with httpx.Client(base_url=platform.server.base_url, timeout=CALL_TIMEOUT_SECONDS) as client:
             for index in range(WARMUP_CALLS + calls):
+                cpu_before = platform.server.cpu_seconds()
                 started = time.perf_counter()
                 elapsed, invocation = _invoke(client, platform.agent_id)
                 call = proxy.calls.get(timeout=CALL_TIMEOUT_SECONDS)
+                cpu = 1000 * (platform.server.cpu_seconds() - cpu_before)
                 if not proxy.calls.empty() or call.status != 200:
                     raise RuntimeError(f"expected one successful model call per invocation: {call}")
                 if index < WARMUP_CALLS:
@@ -104,6 +111,7 @@ def added_latency(ctx: Context) -> list[Row]:
                 client_ms.append(elapsed)
                 proxied.append(call)
                 recorded_ms.append(invocation["duration_ms"])
+                cpu_ms.append(cpu)
                 before.append(1000 * (call.started - started))
                 after.append(elapsed - 1000 * (call.ended - started))
     added = [total - call.ms for total, call in zip(client_ms, proxied)]
@@ -129,7 +137,8 @@ def added_latency(ctx: Context) -> list[Row]:
         f"where the added time goes (medians): {statistics.median(before):.2f} ms from the client's "
         f"request to the model request reaching the proxy, {statistics.median(after):.2f} ms from the "
         "model's last byte to the client having the answer; min "
-        f"{min(added):.2f} ms, max {max(added):.2f} ms")
+        f"{min(added):.2f} ms, max {max(added):.2f} ms; the platform's CPU time per invocation "
+        f"{statistics.median(cpu_ms):.1f} ms (all of it: while the model streams too)")
     p50_row.notes.append(
         "the ratio column of this row is the p50 in ms (the target is absolute: ≤ 5 ms); the proxy's "
         "own request parsing is counted as the platform's, so the figure is an upper bound")
@@ -200,7 +209,8 @@ def streamed_ttft(ctx: Context) -> list[Row]:
     """Item 10: time to first token through the platform vs straight from the model server,
     alternated, the same messages (the agent's system prompt and the input)."""
     model = ctx.model_server("model")
-    platform = _platform(ctx, "platform", model_url=model.base_url, model=model.model)
+    platform = _platform(ctx, "platform", model_url=model.base_url,
+                         shown_url="http://127.0.0.1:$MODEL_PORT/v1", model=model.model)
     messages = [{"role": "system", "content": platform.system_prompt}, {"role": "user", "content": INPUT}]
     pairs = ctx.profile.ttft_pairs
     row = Row(item=10, name=f"streamed {INVOKE_ROUTE} vs the model server's own stream: time to "
