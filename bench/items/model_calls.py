@@ -191,7 +191,7 @@ def _direct(client: openai.OpenAI, model: str, messages: list[dict[str, str]]) -
     parts: list[str] = []
     stream = client.chat.completions.create(
         model=model, messages=messages, max_tokens=MAX_OUTPUT_TOKENS, temperature=0, stream=True,
-        stream_options={"include_usage": True})  # type: ignore[call-overload]
+        stream_options={"include_usage": True})
     with stream:
         for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content:
@@ -213,10 +213,10 @@ def streamed_ttft(ctx: Context) -> list[Row]:
                          shown_url="http://127.0.0.1:$MODEL_PORT/v1", model=model.model)
     messages = [{"role": "system", "content": platform.system_prompt}, {"role": "user", "content": INPUT}]
     pairs = ctx.profile.ttft_pairs
+    platform_side, direct_side = Side("through the platform", "ms TTFT"), Side("model server direct", "ms TTFT")
     row = Row(item=10, name=f"streamed {INVOKE_ROUTE} vs the model server's own stream: time to "
                             f"first token, {pairs} pairs",
-              a=Side("through the platform", "ms TTFT"), b=Side("model server direct", "ms TTFT"),
-              target=Target("<=", 1.1))
+              a=platform_side, b=direct_side, target=Target("<=", 1.1))
     results: list[tuple[Streamed, Streamed]] = []
     direct = openai.OpenAI(base_url=model.base_url, api_key="not-needed", max_retries=0,
                            timeout=CALL_TIMEOUT_SECONDS)
@@ -228,15 +228,14 @@ def streamed_ttft(ctx: Context) -> list[Row]:
             ours = _through_platform(client, platform.agent_id)
             theirs = _direct(direct, model.model, messages)
             results.append((ours, theirs))
-            row.a.values.append(ours.ttft_ms)
-            row.b.values.append(theirs.ttft_ms)  # type: ignore[union-attr]
+            platform_side.values.append(ours.ttft_ms)
+            direct_side.values.append(theirs.ttft_ms)
             row.ratios.append(ours.ttft_ms / theirs.ttft_ms)
-    assert row.b is not None
-    ctx.log(f"TTFT: platform {row.a.median:.1f} ms vs direct {row.b.median:.1f} ms, "
+    ctx.log(f"TTFT: platform {platform_side.median:.1f} ms vs direct {direct_side.median:.1f} ms, "
             f"ratio {row.ratio:.3f}")
     recorded = [ours.recorded_ttft_ms for ours, _ in results if ours.recorded_ttft_ms is not None]
-    row.notes.append(f"ratio of the medians {row.a.median / row.b.median:.3f}; difference of the "
-                     f"medians {row.a.median - row.b.median:.2f} ms")
+    row.notes.append(f"ratio of the medians {platform_side.median / direct_side.median:.3f}; "
+                     f"difference of the medians {platform_side.median - direct_side.median:.2f} ms")
     row.notes.append(
         "whole stream (medians): through the platform "
         f"{statistics.median(ours.total_ms for ours, _ in results):.1f} ms, direct "

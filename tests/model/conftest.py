@@ -43,6 +43,15 @@ class ModelServer:
                 if conn.status in OPEN_STATES and conn.raddr}
 
 
+async def slots_busy(server: ModelServer) -> int:
+    """How many of the server's slots are generating (llama-server's /slots)."""
+    root = server.base_url.removesuffix("/v1")
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.get(f"{root}/slots")
+    response.raise_for_status()
+    return sum(1 for slot in response.json() if slot["is_processing"])
+
+
 def _model_id(base_url: str) -> str:
     response = httpx.get(f"{base_url}/models", timeout=5)
     response.raise_for_status()

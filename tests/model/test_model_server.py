@@ -65,15 +65,6 @@ async def stream_all(client: ModelClient, model_request: ModelRequest) -> tuple[
     return deltas, calls[0]
 
 
-async def slots_busy(server: ModelServer) -> int:
-    """How many of the server's slots are generating (llama-server's /slots)."""
-    root = server.base_url.removesuffix("/v1")
-    async with httpx.AsyncClient(timeout=5) as http:
-        response = await http.get(f"{root}/slots")
-    response.raise_for_status()
-    return sum(1 for slot in response.json() if slot["is_processing"])
-
-
 async def test_the_server_lists_its_model(model_server: ModelServer, model_client: ModelClient) -> None:
     assert model_server.model in await model_client.list_models()
 
