@@ -3,6 +3,7 @@ its tests on a developer's machine and fails them in CI (CI=true), which must in
 
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -23,3 +24,15 @@ def tool(name: str, install: str) -> str:
     if path is None:
         missing(name, install)
     return path
+
+
+MODEL_SERVER_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "model-server.sh"
+MODEL_SERVER_INSTALL = "scripts/model-server.sh install"
+
+
+def require_model_server() -> None:
+    """llama-server and its model, as scripts/model-server.sh installs them (docs/MODELS.md)."""
+    where = subprocess.run(["bash", str(MODEL_SERVER_SCRIPT), "where"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    if not (Path(where) / ".installed").exists():
+        missing(f"llama-server in {where}", MODEL_SERVER_INSTALL)

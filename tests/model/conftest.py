@@ -18,10 +18,9 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, free_port, wait_until
+from tests.tooling import require_model_server
 
 SCRIPT = REPO / "scripts" / "model-server.sh"
-# The script's exit status when nothing is installed.
-NOT_INSTALLED = 3
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 10.0
 # A connection the server has not closed yet: the peer's end may already be closed (CLOSE_WAIT).
@@ -70,8 +69,6 @@ def _listening_pid(base_url: str) -> int:
 def _serving(process: subprocess.Popen[bytes], port: int, log: Path) -> bool:
     if process.poll() is not None:
         output = log.read_text(errors="replace")[-3000:]
-        if process.returncode == NOT_INSTALLED:
-            pytest.fail(f"{output.strip()} (CI: .ci/run installs it before the tests)", pytrace=False)
         raise AssertionError(f"llama-server exited with status {process.returncode}: {output}")
     try:
         return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
@@ -85,6 +82,7 @@ def model_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServ
         base_url = external.rstrip("/")
         yield ModelServer(base_url=base_url, model=_model_id(base_url), pid=_listening_pid(base_url))
         return
+    require_model_server()
     port = free_port()
     # A file, not a pipe: a pipe nobody reads would fill and stall the server.
     log = tmp_path_factory.mktemp("model-server") / "llama-server.log"

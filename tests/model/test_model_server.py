@@ -15,7 +15,7 @@ from api.providers.base import Message, ModelRequest, OutputSchema, TextDelta
 from api.providers.client import ModelCall, ModelClient, StreamProgress
 from api.providers.openai_compatible import OpenAICompatibleProvider
 from tests.conftest import wait_for
-from tests.model.conftest import ModelServer
+from tests.model.conftest import ModelServer, slots_busy
 
 TIMEOUT_SECONDS = 30.0
 # How soon a cancelled stream's connection must be closed at the server, and its slot freed.
