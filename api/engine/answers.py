@@ -7,8 +7,9 @@ dataclasses because the answers come from outside and need exactly that: parsing
 and error messages a model can act on in a repair round.
 
 Every array has a `maxItems` (without one a small model repeats items until its token limit)
-and every string a `maxLength`; names are normalised to lowercase_with_underscores before they
-are checked, so "Search Flights" from a model that ignores the schema still counts.
+and every string a `maxLength`; names are normalised to lowercase_with_underscores, each word
+once, before they are checked, so "Search Flights" from a model that ignores the schema still
+counts.
 """
 
 import keyword
@@ -25,10 +26,21 @@ def _snake_case(value: Any) -> Any:
     return re.sub(r"[^a-z0-9]+", "_", value.strip().lower()).strip("_")
 
 
+def _name(value: Any) -> Any:
+    """Snake case, each word once: a small model at temperature 0 loops inside names
+    ("agency_agency_agency_agency", "booking_service_booking_booking"), and a name that long
+    is then miscopied into the code that must use it. A real name loses little
+    ("user_by_user_id" becomes "user_by_id")."""
+    value = _snake_case(value)
+    if not isinstance(value, str):
+        return value
+    return "_".join(dict.fromkeys(value.split("_")))
+
+
 # The normaliser comes after the constraints: a BeforeValidator applies to what precedes it,
 # and so the pattern stays in the JSON schema (before them, pydantic leaves it out).
 Identifier = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,39}$", max_length=40),
-                       BeforeValidator(_snake_case)]
+                       BeforeValidator(_name)]
 Word = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,23}$", max_length=24),
                  BeforeValidator(_snake_case)]
 # Short bounds: a small model fills whatever room it is given, repeating itself.

@@ -63,6 +63,8 @@ class ModelRequest:
     messages: tuple[Message, ...]
     max_output_tokens: int
     temperature: float | None = None
+    # Sent where the API has it (Chat Completions); Converse has no such setting.
+    presence_penalty: float | None = None
     output_schema: OutputSchema | None = None
     # What the call is for (a stage name, "invoke"), for the log line; the offline provider
     # answers from `inputs` (the structured facts the prompt was written from) instead of

@@ -158,7 +158,8 @@ class BedrockProvider(ModelProvider):
 def converse_params(request: ModelRequest) -> dict[str, Any]:
     """Converse's request. `output_schema` is not sent: Converse's `outputConfig.textFormat`
     (json_schema) is served by select models only (Claude 4.5, some open-weight ones), and
-    the engine describes the JSON in every prompt and validates the answer, so the prompt asks."""
+    the engine describes the JSON in every prompt and validates the answer, so the prompt asks.
+    Nor is `presence_penalty`: Converse's inferenceConfig has no such field."""
     inference: dict[str, Any] = {"maxTokens": request.max_output_tokens}
     if request.temperature is not None:
         inference["temperature"] = request.temperature

@@ -8,6 +8,7 @@ Retries are the SDK's and nobody else's. In openai 2.x (`openai/_base_client.py`
 0.5 s doubling up to 8 s, less up to 25 % jitter. What reaches us here has been retried already.
 """
 
+import contextlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import httpx
 import openai
 from openai import AsyncOpenAI, AsyncStream, omit
 from openai.types import CompletionUsage
-from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam
 from pydantic import SecretStr
 
 from api.providers.base import (
@@ -72,35 +73,37 @@ class OpenAICompatibleProvider(ModelProvider):
                           model=completion.model, usage=_usage(completion.usage))
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelReply]:
-        try:
-            chunks = await self._open_stream(request)
-        except openai.APIError as exc:
-            raise self._error(exc, request) from exc
         parts: list[str] = []
         finish_reason: str | None = None
         model = request.model
         usage: Usage | None = None
         # Leaving this block any way (the end, an error, the task cancelled, the generator
         # closed) closes the response, so the connection closes and the server stops generating.
-        async with chunks:
+        async with contextlib.AsyncExitStack() as stack:
             try:
-                async for chunk in chunks:
-                    model = chunk.model or model
-                    if chunk.usage is not None:
-                        usage = _usage(chunk.usage)
-                    if not chunk.choices:
-                        continue
-                    choice = chunk.choices[0]
-                    finish_reason = choice.finish_reason or finish_reason
-                    if choice.delta.content:
-                        parts.append(choice.delta.content)
-                        yield TextDelta(choice.delta.content)
-            except httpx.TimeoutException as exc:
-                raise ModelTimeout("the model's stream stalled past MODEL_TIMEOUT_SECONDS") from exc
-            except (httpx.TransportError, json.JSONDecodeError) as exc:
-                raise ModelError(f"the model's stream was cut off: {exc}") from exc
+                response = await self._open_stream(request, stack)
             except openai.APIError as exc:
                 raise self._error(exc, request) from exc
+            try:
+                async for chunk in _chunks(response):
+                    model = chunk.get("model") or model
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = _usage(chunk["usage"])
+                    choices = chunk.get("choices")
+                    if not choices:
+                        continue
+                    choice = choices[0]
+                    finish_reason = choice.get("finish_reason") or finish_reason
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        parts.append(content)
+                        yield TextDelta(content)
+            except httpx.TimeoutException as exc:
+                raise ModelTimeout("the model's stream stalled past MODEL_TIMEOUT_SECONDS") from exc
+            except httpx.TransportError as exc:
+                raise ModelError(f"the model's stream was cut off: {exc}") from exc
+            except (ValueError, LookupError, TypeError, AttributeError) as exc:  # not JSON, not a chunk
+                raise ModelError(f"the model's stream sent a malformed chunk: {exc}"[:MAX_MESSAGE_CHARS]) from exc
         if finish_reason is None:
             raise ModelError("the model's stream was cut off before it finished (no finish_reason)")
         yield ModelReply(text="".join(parts), finish_reason=finish_reason, model=model, usage=usage)
@@ -114,17 +117,32 @@ class OpenAICompatibleProvider(ModelProvider):
     async def close(self) -> None:
         await self._client.close()
 
-    async def _open_stream(self, request: ModelRequest) -> AsyncStream[ChatCompletionChunk]:
-        arguments = self._arguments(request)
+    async def _open_stream(self, request: ModelRequest, stack: contextlib.AsyncExitStack) -> httpx.Response:
+        """The response of a streamed completion, its body unread (`_chunks` reads it), closed
+        with `stack`. The SDK sends the request (auth, its retries until the response starts,
+        its status errors), through its generic `post` rather than `chat.completions.create`,
+        which first walks the arguments against its TypedDicts: 2.94 -> 1.49 ms from here to
+        the connect, measured in the platform (docs/PERFORMANCE.md, Findings, items 9 and 10),
+        for a body that is plain JSON already."""
+        body = {key: value for key, value in self._arguments(request).items() if value is not omit}
+        body["stream"] = True
         if not self._stream_options_refused:
             try:
-                return await self._client.chat.completions.create(
-                    **arguments, stream=True, stream_options={"include_usage": True})
+                return await self._post_stream({**body, "stream_options": {"include_usage": True}}, stack)
             except openai.APIStatusError as exc:
                 if exc.status_code not in (400, 422) or "stream_options" not in _message(exc):
                     raise
                 self._stream_options_refused = True
-        return await self._client.chat.completions.create(**arguments, stream=True)
+        return await self._post_stream(body, stack)
+
+    async def _post_stream(self, body: dict[str, Any], stack: contextlib.AsyncExitStack) -> httpx.Response:
+        # With `cast_to=httpx.Response` the SDK hands back httpx's response itself, streamed
+        # (`_process_response`), whatever `stream_cls` says for its type.
+        response = cast(httpx.Response, await self._client.post(
+            "/chat/completions", cast_to=httpx.Response, body=body, stream=True,
+            stream_cls=AsyncStream[httpx.Response]))
+        stack.push_async_callback(response.aclose)
+        return response
 
     @staticmethod
     def _arguments(request: ModelRequest) -> dict[str, Any]:
@@ -136,6 +154,7 @@ class OpenAICompatibleProvider(ModelProvider):
             "messages": messages,
             "max_tokens": request.max_output_tokens,
             "temperature": omit if request.temperature is None else request.temperature,
+            "presence_penalty": omit if request.presence_penalty is None else request.presence_penalty,
             "response_format": omit if schema is None or request.schema_in_prompt else {
                 "type": "json_schema",
                 "json_schema": {"name": schema.name, "schema": dict(schema.schema), "strict": True},
@@ -175,7 +194,35 @@ def _message(exc: openai.APIStatusError) -> str:
     return text[:MAX_MESSAGE_CHARS]
 
 
-def _usage(usage: CompletionUsage | None) -> Usage | None:
+async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
+    """The stream's `data:` payloads as dicts, up to `[DONE]`.
+
+    Not the SDK's `AsyncStream`: its SSE decoder and one pydantic `ChatCompletionChunk` per
+    token were 58 % of an invocation's CPU in bench item 9 (docs/PERFORMANCE.md, Findings);
+    `json.loads` on httpx's lines gives what we read of a chunk: measured there, the CPU of a
+    32-token invocation 60 -> 40 ms, the time after the model's last byte 6.7 -> 5.1 ms.
+    OpenAI-compatible servers send each chunk as one `data:` line; `event:`, `id:`, comments
+    and the blank lines between events carry nothing for us. As in the SDK, a payload with an
+    `error` is the endpoint's error."""
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].lstrip()
+        if payload.startswith("[DONE]"):
+            return
+        chunk = json.loads(payload)
+        if not isinstance(chunk, dict):
+            raise ValueError(f"a chunk that is not an object: {payload[:100]}")
+        if error := chunk.get("error"):
+            message = error.get("message") if isinstance(error, dict) else error
+            raise ModelError(f"the model endpoint failed mid-stream: {message}"[:MAX_MESSAGE_CHARS])
+        yield chunk
+
+
+def _usage(usage: CompletionUsage | dict[str, Any] | None) -> Usage | None:
     if usage is None:
         return None
+    if isinstance(usage, dict):
+        return Usage(input_tokens=usage.get("prompt_tokens") or 0,
+                     output_tokens=usage.get("completion_tokens") or 0)
     return Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)

@@ -253,11 +253,26 @@ async def test_invalid_answers_are_repaired_with_the_validation_error(
     assert "Invalid JSON" in last_user_message(second)
     assert second.body["messages"][-2] == {"role": "assistant", "content": MALFORMED_JSON}
     assert "tools: List should have at least 1 item" in last_user_message(third)
+    # Only the repair rounds carry a presence penalty (to move a small model off a loop).
+    assert "presence_penalty" not in first.body
+    assert second.body["presence_penalty"] == third.body["presence_penalty"] == 0.5
     # Each round adds the rejected answer and the error to the same conversation.
     assert len(third.body["messages"]) == len(first.body["messages"]) + 4
     records = await steps(api, project["project_id"])
     assert usage_of(records["agent_design"]) == expected_usage(scripted, "agent_design")
     assert records["agent_design"]["model_usage"]["calls"] == 3
+
+
+async def test_an_answer_cut_off_at_the_limit_is_asked_again_afresh_with_a_penalty(
+        api: Api, scripted: ScriptedOpenAI, stages: Stages) -> None:
+    looping = "```python\ndef search_knowledge_base(query: str) -> dict[str, Any]:\n    return {'" + "Result." * 80
+    stages.queued["tool_developer"].append(Answer(looping, usage=(40, 700), finish_reason="length"))
+    await finished(api, "completed")
+    cut, again, *_ = asked(scripted, "tool_developer")
+    assert cut.body and again.body
+    # Not shown its own loop (a small model continues it): the same question, with the penalty.
+    assert again.body["messages"] == cut.body["messages"]
+    assert "presence_penalty" not in cut.body and again.body["presence_penalty"] == 0.5
 
 
 async def test_always_invalid_json_fails_with_model_output_invalid(

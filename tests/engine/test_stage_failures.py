@@ -25,6 +25,8 @@ class ScriptedModel(OfflineProvider):
         self.broken_answers += 1
         if self.how == "raise":
             raise ModelError("model endpoint answered 500")
+        if self.how == "duplicate argument":  # parses, and only the compiler refuses it
+            return "```python\nfrom typing import Any\n\ndef twice(agency: str, agency: str) -> None:\n    pass\n```"
         return "```python\ndef broken(:\n    pass\n```"
 
 
@@ -58,6 +60,18 @@ async def test_code_that_does_not_compile_fails_the_build(api: Api, provider: Sc
     daily = await api.call("GET", "/api/v1/statistics/builds")
     assert daily[-1]["failed_builds"] == 1
     assert daily[-1]["builds_by_stage"] == {"agent_developer_manager": 1}
+
+
+@pytest.mark.parametrize("provider", [{"broken_step": "tool_developer", "how": "duplicate argument"}],
+                         indirect=True)
+async def test_code_the_compiler_refuses_after_it_parsed_goes_back_for_repair(
+        api: Api, provider: ScriptedModel) -> None:
+    project_id = (await api.create_project())["project_id"]
+    failed = await api.wait_status(project_id, "failed")
+    error = failed["latest_build"]["error"]
+    assert error["code"] == "GENERATED_CODE_INVALID"
+    assert "line 3: duplicate argument 'agency' in function definition" in error["message"]
+    assert provider.broken_answers == 3
 
 
 @pytest.mark.parametrize("provider", [{"broken_step": "system_architecture", "how": "raise"}], indirect=True)
