@@ -12,7 +12,7 @@ from uvicorn.supervisors import Multiprocess
 
 from api.config import get_settings
 from api.database.factory import BackendUnavailable, create_store
-from api.observability.setup import prepare_server
+from api.instrumentation import prepare_server
 from api.providers.factory import ProviderUnavailable, create_provider
 
 

@@ -15,15 +15,14 @@ if __package__ in (None, ""):
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from api import __version__
+from api import __version__, instrumentation
 from api.config import Settings, get_settings
-from api.core.deps import count_api_call
 from api.core.handlers import register_error_handlers
 from api.database.factory import create_store
+from api.dependencies import count_api_call
 from api.engine.build_engine import BuildEngine
 from api.engine.stage_work import StageWorker
 from api.middleware.body_limit import BodySizeLimitMiddleware
-from api.observability import setup as observability
 from api.observability.model_probe import ModelProbe
 from api.providers.base import ModelProvider
 from api.providers.client import ModelClient
@@ -89,7 +88,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.project_service = ProjectService(store=store, engine=engine)
     app.state.agent_service = AgentService(store=store, client=client, settings=settings)
     app.state.statistics_service = StatisticsService(store=store, api_calls=api_calls)
-    await observability.start(app)
+    await instrumentation.start(app)
     app.state.model_probe.start()
     await engine.start()
     api_calls.start()
@@ -115,27 +114,27 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             # uvicorn re-raises SIGTERM after shutdown, so atexit never runs: the log queue
             # must be written out here whatever failed above.
-            await observability.stop(app)
+            await instrumentation.stop(app)
 
 
 def create_app(settings: Settings | None = None, *, provider: ModelProvider | None = None) -> FastAPI:
     """The application. `provider` replaces the configured model provider (tests use it to
     stand in for a hosted model)."""
     settings = settings or get_settings()
-    observability.configure_logging(settings)
+    instrumentation.configure_logging(settings)
     app = FastAPI(title="Nexus-AI Platform API", version=__version__, lifespan=lifespan,
                   debug=False)
     app.state.settings = settings
     app.state.provider = provider
     app.state.draining = False
     register_error_handlers(app)
-    observability.include_routes(app)
+    instrumentation.include_routes(app)
     v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(count_api_call)])
     for module in (projects, agents, sessions, statistics):
         v1.include_router(module.router)
     app.include_router(v1)
     app.add_middleware(BodySizeLimitMiddleware)
-    observability.add_tracing(app, settings)
+    instrumentation.add_tracing(app, settings)
     return app
 
 

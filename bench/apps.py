@@ -1,7 +1,7 @@
 """The apps compared with the full one, each served by `python -m bench.serve VARIANT`.
 
 `off` and `generic` are `api.main.create_app` itself with its observability seam (the
-`api.observability.setup` module that create_app and its lifespan call: configure_logging,
+`api.instrumentation` module that create_app and its lifespan call: configure_logging,
 include_routes, add_tracing, start, stop) replaced, and the store's per-query observer
 silenced. Routers, services, store, error handlers and the body-size limit are the same
 objects in all three, so the comparisons measure the observability layer and nothing else.
@@ -65,7 +65,7 @@ class _Probes:
 def off() -> FastAPI:
     """The full app with logging, tracing and metrics off."""
     _silence_store_observer()
-    api.main.observability = _Probes  # type: ignore[assignment]
+    api.main.instrumentation = _Probes  # type: ignore[assignment]
     return create_app(Settings())
 
 
@@ -139,7 +139,7 @@ class _GenericStack(_Probes):
 def generic() -> FastAPI:
     """The full app instrumented instead with the generic stack."""
     _silence_store_observer()
-    api.main.observability = _GenericStack  # type: ignore[assignment]
+    api.main.instrumentation = _GenericStack  # type: ignore[assignment]
     return create_app(Settings())
 
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 
 from api.core.clock import utc_now
 from api.core.context import request_id_var
-from api.observability.logging import redact_text
+from api.core.redaction import redact_text
 
 # code -> (HTTP status, one-line suggestion)
 ERROR_CODES: dict[str, tuple[int, str]] = {
@@ -16,7 +16,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "METHOD_NOT_ALLOWED": (405, "Use one of the methods listed in the Allow header."),
     "RESOURCE_CONFLICT": (409, "The resource changed or already exists; read it again before retrying."),
     "INVALID_STATE": (409, "Read the resource's current status; this action is not allowed in it."),
-    "PAYLOAD_TOO_LARGE": (413, "Send a request body of at most 1 MiB."),
+    "PAYLOAD_TOO_LARGE": (413, "Send a request body of at most 1 MiB; a stored record holds at most 400 KiB."),
     "RATE_LIMIT_EXCEEDED": (429, "Slow down and retry after the time given in Retry-After."),
     "AGENT_INVOCATION_FAILED": (502, "The model provider failed; retry, and check the provider's status."),
     "DATABASE_ERROR": (503, "The database is unavailable; retry shortly and check /health/detailed."),

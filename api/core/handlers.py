@@ -11,7 +11,14 @@ from starlette.routing import Match
 
 from api.core.envelope import error_response
 from api.core.errors import ApiError
-from api.database.store import InvalidCursor, StoreError
+from api.core.store_errors import (
+    InvalidCursor,
+    InvalidValue,
+    RecordConflict,
+    RecordTooLarge,
+    StoreError,
+    StoreThrottled,
+)
 
 logger = logging.getLogger("api.errors")
 
@@ -70,19 +77,31 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(code, message, details=details, headers=headers)
 
 
-async def _invalid_cursor(request: Request, exc: InvalidCursor) -> JSONResponse:
-    return error_response("VALIDATION_ERROR", str(exc), details=[
-        {"field": "last_key", "location": "query", "message": str(exc), "type": "invalid_cursor"}])
-
-
 async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+    """Store errors by kind; the same on every backend. Only the kinds about the caller's input
+    say what the store said: the others may name tables, files or the backend's error text."""
+    if isinstance(exc, InvalidCursor):
+        return error_response("VALIDATION_ERROR", str(exc), details=[
+            {"field": "last_key", "location": "query", "message": str(exc), "type": "invalid_cursor"}])
+    if isinstance(exc, InvalidValue):
+        return error_response("VALIDATION_ERROR", str(exc), details=[
+            {"field": exc.field, "location": "body", "message": exc.reason, "type": "value_error"}])
+    if isinstance(exc, RecordTooLarge):
+        return error_response("PAYLOAD_TOO_LARGE", f"Too large to store: {exc}", details=[
+            {"field": exc.field, "location": "body", "message": str(exc), "type": "record_too_large"}])
+    if isinstance(exc, RecordConflict):
+        logger.warning("Database conflict", extra={"error": str(exc)})
+        return error_response("RESOURCE_CONFLICT",
+                              "The record kept changing while it was written; nothing was stored.")
     logger.error("Database error", extra={"error": str(exc)})
-    return error_response("DATABASE_ERROR", "The database could not complete the request.")
+    headers = ({"Retry-After": str(exc.retry_after_seconds)} if isinstance(exc, StoreThrottled)
+               else None)
+    return error_response("DATABASE_ERROR", "The database could not complete the request.",
+                          headers=headers)
 
 
 def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(InvalidCursor, _invalid_cursor)  # type: ignore[arg-type]
     app.add_exception_handler(StoreError, _store_error)  # type: ignore[arg-type]

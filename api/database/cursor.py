@@ -5,7 +5,7 @@ import binascii
 import json
 from typing import Any
 
-from api.database.store import InvalidCursor
+from api.core.store_errors import InvalidCursor
 
 
 def encode(position: list[Any]) -> str:

@@ -43,7 +43,14 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from api.core.errors import ValidationFailed
+from api.core.store_errors import (
+    InvalidCursor,
+    InvalidValue,
+    RecordConflict,
+    RecordTooLarge,
+    StoreError,
+    StoreThrottled,
+)
 from api.database import cursor
 from api.database.store import (
     ACTIVE_BUILD_STATUSES,
@@ -52,13 +59,12 @@ from api.database.store import (
     FINAL_BUILD_STATUSES,
     PROJECT_STATUS_FOR_BUILD,
     Daily,
-    InvalidCursor,
     Page,
     Record,
     Store,
-    StoreError,
     build_token_deltas,
     invocation_deltas,
+    refuse_over_limit,
 )
 from api.observability import db_observer
 
@@ -77,7 +83,6 @@ COUNTER_SHARDS = 10
 DAILY_SHARDS = 10
 
 # DynamoDB's limits, and ours for key components (a prefix and a timestamp share the key).
-MAX_ITEM_BYTES = 400 * 1024
 MAX_KEY_PART_BYTES = 900
 MAX_TRANSACTION_ITEMS = 100
 MAX_TRANSACTION_BYTES = 3 * 1024 * 1024
@@ -165,7 +170,7 @@ def _number(value: float) -> str:
     if isinstance(value, int):
         return str(value)
     if not math.isfinite(value):
-        raise ValidationFailed("number", f"{value} cannot be stored")
+        raise InvalidValue("number", f"{value} cannot be stored")
     # Plain notation (no exponent), as DynamoDB returns numbers.
     return format(Decimal(repr(value)).normalize(), "f")
 
@@ -239,9 +244,9 @@ def _count(item: Item, name: str) -> float:
 def _part(field_name: str, value: Any) -> str:
     """A value used inside a key: a string short enough for DynamoDB's key limits."""
     if not isinstance(value, str):
-        raise ValidationFailed(field_name, "must be a string")
+        raise InvalidValue(field_name, "must be a string")
     if len(value.encode()) > MAX_KEY_PART_BYTES:
-        raise ValidationFailed(field_name, f"must be at most {MAX_KEY_PART_BYTES} bytes")
+        raise InvalidValue(field_name, f"must be at most {MAX_KEY_PART_BYTES} bytes")
     return value
 
 
@@ -265,12 +270,7 @@ def _attribute_bytes(value: AttributeValue) -> int:
 
 def _check_size(item: Item) -> None:
     """Refuse an item over DynamoDB's 400 KB limit, naming its largest field."""
-    sizes = {name: len(name.encode()) + _attribute_bytes(value) for name, value in item.items()}
-    total = sum(sizes.values())
-    if total > MAX_ITEM_BYTES:
-        largest = max(sizes, key=sizes.__getitem__)
-        raise ValidationFailed(largest, f"too large to store: the record would be {total} bytes, "
-                                        f"over DynamoDB's limit of {MAX_ITEM_BYTES} bytes")
+    refuse_over_limit({name: len(name.encode()) + _attribute_bytes(value) for name, value in item.items()})
 
 
 # -- expressions -------------------------------------------------------------------------------
@@ -449,16 +449,16 @@ class DynamoDBStore(Store):
                 if code == "ResourceInUseException":
                     raise _TableExists(f"DynamoDB table {self.table} exists already") from exc
                 if code in THROTTLING_CODES:
-                    raise StoreError(f"DynamoDB throttled {api} after {self.max_attempts} "
+                    raise StoreThrottled(f"DynamoDB throttled {api} after {self.max_attempts} "
                                      "attempts") from exc
                 raise StoreError(f"DynamoDB {api} failed: {code}: {error.get('Message', '')}") from exc
             except BotoCoreError as exc:
                 raise StoreError(f"DynamoDB {api} failed: {exc}") from exc
-        raise StoreError(f"DynamoDB {api}: the item stayed busy with other transactions")
+        raise RecordConflict(f"DynamoDB {api}: the item stayed busy with other transactions")
 
     def _validation_error(self, api: str, message: str) -> Exception:
         if "size" in message.lower():
-            return ValidationFailed("body", f"too large to store in DynamoDB: {message}")
+            return RecordTooLarge("body", f"DynamoDB refused the record as too large: {message}")
         return StoreError(f"DynamoDB refused {api}: {message}")
 
     async def _call(self, operation: str, api: str, params: dict[str, Any], *,
@@ -845,7 +845,7 @@ class DynamoDBStore(Store):
                     return False
                 await _back_off(attempt)
         else:
-            raise StoreError(f"project {project_id} kept changing while it was deleted")
+            raise RecordConflict(f"project {project_id} kept changing while it was deleted")
         await self._purge_project(project_id)
         return True
 
@@ -926,9 +926,9 @@ class DynamoDBStore(Store):
                 return True
             except _Refused as refused:
                 if not (refused.failed(0) or (checked and refused.failed(1)) or refused.contended):
-                    raise StoreError(f"build {build['build_id']} already exists") from refused
+                    raise RecordConflict(f"build {build['build_id']} already exists") from refused
                 await _back_off(attempt)
-        raise StoreError(f"project {build['project_id']} kept changing while a build was added")
+        raise RecordConflict(f"project {build['project_id']} kept changing while a build was added")
 
     @staticmethod
     def _mirror_expression(expression: _Expression, fields: Record, user_id: str) -> str:
@@ -1120,7 +1120,7 @@ class DynamoDBStore(Store):
                 continue
             self._remember_build(build_id, written)
             return True
-        raise StoreError(f"build {build_id} kept changing during {operation}")
+        raise RecordConflict(f"build {build_id} kept changing during {operation}")
 
     def _build_change_actions(self, item: Item, current: Record, changes: Record, mirror: bool,
                               check_lease: bool) -> tuple[list[dict[str, Any]], Item]:
@@ -1219,7 +1219,7 @@ class DynamoDBStore(Store):
                     self._log_seqs.popitem(last=False)
                 break
             else:
-                raise StoreError(f"build {build_id} stayed busy while appending logs")
+                raise RecordConflict(f"build {build_id} stayed busy while appending logs")
 
     async def list_build_logs(self, *, build_id: str, stage: str) -> list[Record]:
         if not _keyable(build_id, stage):
@@ -1265,13 +1265,13 @@ class DynamoDBStore(Store):
                 if not refused.contended:
                     raise StoreError(f"DynamoDB refused artifacts: {refused}") from refused
                 await _back_off(attempt)
-        raise StoreError("artifacts stayed contended")
+        raise RecordConflict("artifacts stayed contended")
 
     @staticmethod
     def _transaction_chunks(items: list[Item], beside: int) -> Iterable[list[Item]]:
         """Groups that fit one transaction beside `beside` condition checks (count, bytes)."""
         if beside >= MAX_TRANSACTION_ITEMS:
-            raise ValidationFailed("artifacts", "too many builds in one write")
+            raise StoreError("artifacts of too many builds in one write")
         chunk: list[Item] = []
         size = 0
         for item in items:
@@ -1421,7 +1421,7 @@ class DynamoDBStore(Store):
                           or refused.contended):
                     raise StoreError(f"DynamoDB refused agent {agent_id}: {refused}") from refused
                 await _back_off(attempt)
-        raise StoreError(f"agent {agent_id} kept changing while it was registered")
+        raise RecordConflict(f"agent {agent_id} kept changing while it was registered")
 
     async def get_agent(self, *, agent_id: str) -> Record | None:
         if not _keyable(agent_id):
@@ -1512,7 +1512,7 @@ class DynamoDBStore(Store):
                 await _back_off(attempt)
                 continue
             return {**updated, **_record(stats or {}, AGENT_STAT_FIELDS)}
-        raise StoreError(f"agent {agent_id} kept changing while it was updated")
+        raise RecordConflict(f"agent {agent_id} kept changing while it was updated")
 
     async def delete_agent(self, *, agent_id: str) -> bool:
         if not _keyable(agent_id):
@@ -1548,7 +1548,7 @@ class DynamoDBStore(Store):
                     raise StoreError(f"DynamoDB refused deleting {agent_id}: {refused}") from refused
                 await _back_off(attempt)
         else:
-            raise StoreError(f"agent {agent_id} kept changing while it was deleted")
+            raise RecordConflict(f"agent {agent_id} kept changing while it was deleted")
         await self._purge_agent(operation, agent_id)
         if not in_project:
             await self._batch_delete(operation, [(CLEANUP_PK, f"agent#{agent_id}")])
@@ -1610,7 +1610,7 @@ class DynamoDBStore(Store):
                 if not (refused.failed(4) or refused.contended):
                     raise StoreError(f"DynamoDB refused the invocation: {refused}") from refused
                 await _back_off(attempt)
-        raise StoreError(f"agent {agent_id} stayed too busy to record an invocation")
+        raise RecordConflict(f"agent {agent_id} stayed too busy to record an invocation")
 
     def _session_turn_actions(self, session: Item, messages: list[Record]) -> list[dict[str, Any]]:
         session_id = session["session_id"]["S"]
@@ -1803,7 +1803,7 @@ class DynamoDBStore(Store):
                         raise StoreError(f"DynamoDB refused API call counts: {refused}") from refused
                     await _back_off(attempt)
             else:
-                raise StoreError("API call counts stayed contended")
+                raise RecordConflict("API call counts stayed contended")
 
     # -- listings --------------------------------------------------------------------------
     @staticmethod

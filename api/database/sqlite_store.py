@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from api.core.store_errors import StoreError
 from api.database import cursor
 from api.database.store import (
     ACTIVE_BUILD_STATUSES,
@@ -28,8 +29,8 @@ from api.database.store import (
     Page,
     Record,
     Store,
-    StoreError,
     build_token_deltas,
+    check_record_size,
     invocation_deltas,
 )
 
@@ -64,6 +65,7 @@ def _column_value(column: str, value: Any) -> Any:
 
 
 def _insert(conn: sqlite3.Connection, table: str, record: Record) -> None:
+    check_record_size(record)
     columns = list(record)
     conn.execute(
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
@@ -178,6 +180,8 @@ def _append_build_logs(conn: sqlite3.Connection, build_id: str, entries: Sequenc
 
 
 def _put_artifacts(conn: sqlite3.Connection, artifacts: Sequence[Record]) -> None:
+    for artifact in artifacts:
+        check_record_size(artifact)
     conn.executemany(
         "INSERT INTO artifacts (project_id, path, build_id, stage, content, size, created_at) "
         "VALUES (:project_id, :path, :build_id, :stage, :content, :size, :created_at) "
@@ -430,12 +434,13 @@ class SQLiteStore(Store):
                 return False
             if expect_owner is not None and current["owner"] != expect_owner:
                 return False
+            updated = {**current, **changes}
+            check_record_size(updated)
             columns = list(changes)
             conn.execute(
                 f"UPDATE builds SET {', '.join(f'{column} = ?' for column in columns)} "
                 "WHERE build_id = ?",
                 [*(_column_value(column, changes[column]) for column in columns), build_id])
-            updated = {**current, **changes}
             if updated["status"] != current["status"] and updated["status"] in FINAL_BUILD_STATUSES:
                 _count_finished_build(conn, updated)
             _mirror_on_project(conn, updated)
@@ -475,6 +480,7 @@ class SQLiteStore(Store):
                 _insert(conn, "agents", agent)
                 created_at = agent["created_at"]
             else:
+                check_record_size(agent)
                 _adjust_agent_count(conn, existing["status"], -1)
                 changes = {k: v for k, v in agent.items() if k not in ("agent_id", "created_at")}
                 conn.execute(
@@ -519,10 +525,11 @@ class SQLiteStore(Store):
 
     async def update_agent(self, *, agent_id: str, changes: Record) -> Record | None:
         def work(conn: sqlite3.Connection) -> Record | None:
-            current = conn.execute("SELECT status, created_at FROM agents WHERE agent_id = ?",
-                                   (agent_id,)).fetchone()
+            current = _row(conn.execute("SELECT * FROM agents WHERE agent_id = ?",
+                                        (agent_id,)).fetchone())
             if current is None:
                 return None
+            check_record_size({**current, **changes})
             conn.execute(
                 f"UPDATE agents SET {', '.join(f'{column} = ?' for column in changes)} "
                 "WHERE agent_id = ?",

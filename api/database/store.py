@@ -13,17 +13,49 @@ transaction as the event they count, so the statistics are exact and never need 
 """
 
 import abc
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from api.core.store_errors import RecordTooLarge
 from api.observability import db_observer
 
 T = TypeVar("T")
 
 Record = dict[str, Any]
+
+# A record is at most 400 KiB on every backend: DynamoDB's item limit, which SQLite (whose own
+# limit is 1 GB) enforces too, so a record one backend takes the other takes as well.
+MAX_RECORD_BYTES = 400 * 1024
+
+
+def check_record_size(record: Record) -> None:
+    """Raise RecordTooLarge for a record over MAX_RECORD_BYTES, counted as DynamoDB counts an
+    item: each field's name and value, JSON values as their text, numbers as at most 21 bytes."""
+    refuse_over_limit({name: len(name.encode()) + _value_bytes(value) for name, value in record.items()})
+
+
+def refuse_over_limit(field_bytes: dict[str, int]) -> None:
+    """RecordTooLarge, naming the largest field, when the fields' sizes add up to more than
+    MAX_RECORD_BYTES."""
+    total = sum(field_bytes.values())
+    if total > MAX_RECORD_BYTES:
+        largest = max(field_bytes, key=field_bytes.__getitem__)
+        raise RecordTooLarge(largest, f"the record would be {total} bytes, over the limit of "
+                                      f"{MAX_RECORD_BYTES} bytes (its largest field: {largest})")
+
+
+def _value_bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode())
+    if isinstance(value, (bool, type(None))):
+        return 1
+    if isinstance(value, (int, float)):
+        return 21
+    return len(json.dumps(value).encode())
 
 # Build statuses that still hold a place in the engine (the build is not finished).
 ACTIVE_BUILD_STATUSES = ("queued", "running", "paused")
@@ -110,14 +142,6 @@ def build_token_deltas(build: Record) -> dict[str, float]:
     usage = build.get("usage") or {}
     return {"build_input_tokens": usage.get("input_tokens", 0),
             "build_output_tokens": usage.get("output_tokens", 0)}
-
-
-class StoreError(Exception):
-    """The store could not be reached or failed; answered as 503 DATABASE_ERROR."""
-
-
-class InvalidCursor(ValueError):
-    """A `last_key` that this store did not issue."""
 
 
 @dataclass

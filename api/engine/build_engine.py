@@ -21,7 +21,8 @@ from typing import Any
 
 from api.core.clock import iso_timestamp, utc_now
 from api.core.context import bind
-from api.database.store import ACTIVE_BUILD_STATUSES, Record, Store, StoreError
+from api.core.store_errors import StoreError
+from api.database.store import ACTIVE_BUILD_STATUSES, Record, Store
 from api.engine.stage_work import StageFailed, StageUsage, StageWorker, build_usage
 from api.engine.stages import progress
 from api.observability import metrics

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from api.core.clock import utc_now
-from api.observability.logging import MASK, redact_text
+from api.core.redaction import MASK, redact_text
 
 logger = logging.getLogger(__name__)
 

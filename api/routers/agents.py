@@ -3,7 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.core.deps import AgentServiceDep, SettingsDep, page_body
+from api.dependencies import AgentServiceDep, SettingsDep, page_body
 from api.core.envelope import ok
 from api.core.errors import ValidationFailed
 from api.routers.streaming import event_stream, wants_stream

@@ -3,7 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from api.core.deps import ProjectServiceDep, page_body
+from api.dependencies import ProjectServiceDep, page_body
 from api.core.envelope import ok
 from api.schemas.common import Identifier, LastKey, Limit
 from api.schemas.projects import ProjectControl, ProjectCreate, ProjectStatus

@@ -3,7 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.core.deps import AgentServiceDep, SettingsDep, page_body
+from api.dependencies import AgentServiceDep, SettingsDep, page_body
 from api.core.envelope import ok
 from api.routers.streaming import event_stream, wants_stream
 from api.schemas.agents import MessageCreate

@@ -4,7 +4,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
-from api.core.deps import StatisticsServiceDep
+from api.dependencies import StatisticsServiceDep
 from api.core.envelope import ok
 from api.services.statistics_service import TrendMetric
 

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 
 from api.core.envelope import error_body, internal_error_body
 from api.core.errors import ApiError
-from api.database.store import StoreError
+from api.core.store_errors import StoreError
 from api.providers.base import TextDelta
 from api.services.agent_service import Heartbeat, Turn
 

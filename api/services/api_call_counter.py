@@ -9,7 +9,8 @@ import logging
 from collections import Counter
 from datetime import datetime, timezone
 
-from api.database.store import Store, StoreError
+from api.core.store_errors import StoreError
+from api.database.store import Store
 
 logger = logging.getLogger("api.services.api_call_counter")
 

@@ -12,6 +12,7 @@ from api.config import Settings
 from api.main import create_app
 from tests import moto_server
 from tests.conftest import REQUIREMENT, Api, make_settings
+from tests.database.test_dynamodb_store import ThrottlingProxy
 
 
 @pytest.fixture
@@ -38,13 +39,13 @@ async def test_health_names_dynamodb_with_its_latency(api: Api) -> None:
     assert (await api.call("GET", "/health/ready"))["checks"]["database"]["backend"] == "dynamodb"
 
 
-async def test_an_oversized_item_is_a_validation_error(api: Api) -> None:
+async def test_an_oversized_item_is_payload_too_large_and_stores_nothing(api: Api) -> None:
     agent = await api.built_agent()
     response = await api.client.post(f"/api/v1/agents/{agent['agent_id']}/sessions",
                                      json={"metadata": {"notes": "x" * 600_000}})
-    error = assert_error_envelope(response, 400, "VALIDATION_ERROR")
+    error = assert_error_envelope(response, 413, "PAYLOAD_TOO_LARGE")
     assert error["details"][0]["field"] == "metadata"
-    assert "400" in error["details"][0]["message"] or "bytes" in error["details"][0]["message"]
+    assert "409600 bytes" in error["details"][0]["message"]
     sessions = await api.call("GET", f"/api/v1/agents/{agent['agent_id']}/sessions")
     assert sessions["count"] == 0
 
@@ -92,3 +93,23 @@ async def test_readiness_fails_fast_when_the_endpoint_is_unreachable(
         detailed = (await client.get("/health/detailed")).json()["data"]
         assert detailed["status"] == "degraded"
         assert_error_envelope(await client.get("/api/v1/projects"), 503, "DATABASE_ERROR")
+
+
+async def test_throttling_past_the_retries_is_503_with_retry_after(settings: Settings) -> None:
+    async with ThrottlingProxy("Query", throttle=0) as proxy:
+        app = create_app(settings.model_copy(update={"dynamodb_endpoint_url": proxy.endpoint,
+                                                     "dynamodb_max_attempts": 2}))
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+            proxy.throttle = 1_000
+            response = await client.get("/api/v1/projects")
+            error = assert_error_envelope(response, 503, "DATABASE_ERROR")
+            assert response.headers["Retry-After"] == "1"
+            assert "Throughput" not in response.text and "Query" not in response.text
+            throttled = 1_000 - proxy.throttle
+            assert throttled >= 2, throttled  # retried before giving up
+            assert error["message"] == "The database could not complete the request."
+
+            proxy.throttle = 0
+            listed = await client.get("/api/v1/projects")
+            assert listed.status_code == 200 and listed.json()["data"]["count"] == 0

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from api.core import ids
+from api.core.store_errors import InvalidCursor, RecordTooLarge
 from api.database.store import (
     ACTIVE_BUILD_STATUSES,
     COUNTER_NAMES,
     FINAL_BUILD_STATUSES,
     PROJECT_STATUS_FOR_BUILD,
-    InvalidCursor,
     Page,
     Record,
     Store,
@@ -975,7 +975,39 @@ async def test_sessions_need_an_agent_and_delete_with_their_messages(store: Stor
     assert (await store.get_agent(agent_id=agent["agent_id"]))["total_invocations"] == 1
 
 
-# -- statistics ------------------------------------------------------------------------------
+# -- size limit ------------------------------------------------------------------------------
+async def test_items_over_400_kb_are_refused_naming_the_field(store: Store) -> None:
+    agent = await registered_agent(store)
+    session = new_session(agent, at=ts(1))
+    session["metadata"] = {"notes": "x" * 420_000}
+    with pytest.raises(RecordTooLarge) as refused:
+        await store.create_session(session=session)
+    assert refused.value.field == "metadata"
+    assert await store.get_session(session_id=session["session_id"]) is None
+
+    project, build = await add_project(store)
+    before = await store.get_build(build_id=build["build_id"])
+    with pytest.raises(RecordTooLarge) as refused:
+        await store.update_build(build_id=build["build_id"], changes={"progress": 5.0},
+                                 expect_status=("queued",), artifacts=[
+            {"project_id": project["project_id"], "build_id": build["build_id"], "path": "big.txt",
+             "stage": "agent_design", "content": "y" * 500_000, "size": 500_000,
+             "created_at": ts(2)}])
+    assert refused.value.field == "content"
+    assert await store.get_build(build_id=build["build_id"]) == before
+    with pytest.raises(RecordTooLarge) as refused:
+        await store.update_build(build_id=build["build_id"], changes={"context": {"blob": "z" * 450_000}},
+                                 expect_status=("queued",))
+    assert refused.value.field == "context"
+    assert await store.get_build(build_id=build["build_id"]) == before
+
+    stored_agent = await store.get_agent(agent_id=agent["agent_id"])
+    with pytest.raises(RecordTooLarge) as refused:
+        await store.update_agent(agent_id=agent["agent_id"], changes={"description": "d" * 410_000})
+    assert refused.value.field == "description"
+    assert await store.get_agent(agent_id=agent["agent_id"]) == stored_agent
+
+
 async def test_get_daily_returns_the_days_in_range_that_have_aggregates(store: Store) -> None:
     await store.add_api_calls(counts={DAY0: 3, DAY1: 4})
     await store.add_api_calls(counts={DAY0: 2, "2024-03-06": 1})

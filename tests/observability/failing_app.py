@@ -8,7 +8,7 @@ import uvicorn
 
 from api.config import get_settings
 from api.main import create_app
-from api.observability.setup import prepare_server
+from api.instrumentation import prepare_server
 
 
 async def boom() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from api.core.context import bind
 from api.observability import logging as json_logging
-from api.observability.setup import configure_logging
+from api.instrumentation import configure_logging
 from tests.conftest import make_settings, wait_until
 from tests.observability.conftest import log_entries
 

@@ -319,6 +319,19 @@ async def test_a_body_over_one_mebibyte_is_refused_with_or_without_its_length(ap
     assert_names_field(assert_error(response, 400, "VALIDATION_ERROR"), "requirement")
 
 
+async def test_a_body_under_the_limit_whose_record_is_over_400_kib_stores_nothing(
+        api: Api, world: dict[str, str]) -> None:
+    """The body fits the 1 MiB request limit but the session it would store does not fit a
+    record (400 KiB, as on DynamoDB): the same 413 on every backend, naming the field."""
+    response = await api.client.post(f"/api/v1/agents/{world['agent_id']}/sessions",
+                                     json={"metadata": {"notes": "x" * 500_000}})
+    error = assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+    assert [d["field"] for d in error["details"]] == ["metadata"]
+    assert "409600 bytes" in error["details"][0]["message"]
+    sessions = await api.call("GET", f"/api/v1/agents/{world['agent_id']}/sessions")
+    assert [s["session_id"] for s in sessions["items"]] == [world["session_id"]]
+
+
 def test_a_real_server_refuses_oversized_bodies_with_or_without_their_length(server_factory: Any) -> None:
     server = server_factory(OFFLINE_STAGE_DELAY_SECONDS="0")
     body = _too_large_body()

@@ -1,4 +1,8 @@
-"""Wires the observability layer into the app: JSON logging, tracing, metrics, health probes."""
+"""Wires the observability layer into the app: JSON logging, tracing, metrics, health probes.
+
+At the top of the package, beside `api.main`: it imports routers and middleware, which
+`api.observability` (below them) must not. `bench/apps.py` swaps this module to measure the app
+without it, so everything observability adds to the app goes through here."""
 
 import asyncio
 import signal
