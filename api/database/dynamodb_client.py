@@ -54,9 +54,11 @@ from api.core.store_errors import (
 from api.database import cursor
 from api.database.store import (
     ACTIVE_BUILD_STATUSES,
+    CLAIMABLE_UNOWNED_STATUSES,
     COUNTER_NAMES,
     DAILY_FIELDS,
     FINAL_BUILD_STATUSES,
+    HELD_BUILD_STATUSES,
     PROJECT_STATUS_FOR_BUILD,
     Daily,
     Page,
@@ -292,6 +294,10 @@ class _Expression:
         alias = f":v{len(self.values)}"
         self.values[alias] = value
         return alias
+
+    def values_of(self, texts: Sequence[str]) -> str:
+        """Placeholders for strings, comma-separated: the list of an IN (...)."""
+        return ", ".join(self.value(_s(text)) for text in texts)
 
     def params(self) -> dict[str, Any]:
         params: dict[str, Any] = {}
@@ -972,7 +978,7 @@ class DynamoDBStore(Store):
     @staticmethod
     def _claimable(build: Record, now: str) -> bool:
         if build["owner"] is None:
-            return build["status"] in ("queued", "running")
+            return build["status"] in CLAIMABLE_UNOWNED_STATUSES
         return (build["status"] in ACTIVE_BUILD_STATUSES and build["lease_until"] is not None
                 and build["lease_until"] < now)
 
@@ -986,7 +992,7 @@ class DynamoDBStore(Store):
             expression = _Expression()
             status, owner, lease = (expression.name(name) for name in CLAIM_ATTRIBUTES)
             filter_ = (f"(attribute_not_exists({owner}) AND {status} IN "
-                       f"({expression.value(_s('queued'))}, {expression.value(_s('running'))})) OR "
+                       f"({expression.values_of(CLAIMABLE_UNOWNED_STATUSES)})) OR "
                        f"(attribute_exists({owner}) AND {lease} < {expression.value(_s(now))})")
             page, start = await self._query(operation, index="gsi2", partition="BUILDS#active",
                                             forward=True, start=start, filter_=filter_,
@@ -1038,9 +1044,8 @@ class DynamoDBStore(Store):
         """The build (id and status) when the owner still holds it."""
         expression = _Expression()
         update = _update_expression(expression, set_={"lease_until": _s(lease_until)})
-        statuses = ", ".join(expression.value(_s(status)) for status in ACTIVE_BUILD_STATUSES)
         condition = (f"{expression.name('owner')} = {expression.value(_s(owner))} AND "
-                     f"{expression.name('status')} IN ({statuses})")
+                     f"{expression.name('status')} IN ({expression.values_of(ACTIVE_BUILD_STATUSES)})")
         try:
             response = await self._call("renew_leases", "UpdateItem", {
                 "TableName": self.table, "Key": _key(f"BUILD#{build_id}", BUILD_SK),
@@ -1380,8 +1385,7 @@ class DynamoDBStore(Store):
                     "Key": _key(f"BUILD#{_part('build_id', agent['build_id'])}", BUILD_SK),
                     "ConditionExpression":
                         f"{check.name('owner')} = {check.value(_s(expect_owner))} AND "
-                        f"{check.name('status')} IN ({check.value(_s('running'))}, "
-                        f"{check.value(_s('paused'))})",
+                        f"{check.name('status')} IN ({check.values_of(HELD_BUILD_STATUSES)})",
                     **check.params()}})
             expression = _Expression()
             if existing is None:

@@ -22,8 +22,10 @@ from api.core.store_errors import StoreError
 from api.database import cursor
 from api.database.store import (
     ACTIVE_BUILD_STATUSES,
+    CLAIMABLE_UNOWNED_STATUSES,
     COUNTER_NAMES,
     FINAL_BUILD_STATUSES,
+    HELD_BUILD_STATUSES,
     PROJECT_STATUS_FOR_BUILD,
     Daily,
     Page,
@@ -191,10 +193,8 @@ def _put_artifacts(conn: sqlite3.Connection, artifacts: Sequence[Record]) -> Non
 
 
 def _claimable_condition() -> str:
-    return (
-        "((status IN ('queued', 'running') AND owner IS NULL) OR "
-        "(status IN ('queued', 'running', 'paused') AND owner IS NOT NULL AND lease_until < ?))"
-    )
+    return (f"((status IN {CLAIMABLE_UNOWNED_STATUSES} AND owner IS NULL) OR "
+            f"(status IN {ACTIVE_BUILD_STATUSES} AND owner IS NOT NULL AND lease_until < ?))")
 
 
 class SQLiteStore(Store):
@@ -471,7 +471,7 @@ class SQLiteStore(Store):
     async def put_agent(self, *, agent: Record, expect_owner: str | None = None) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             if expect_owner is not None and conn.execute(
-                    "SELECT 1 FROM builds WHERE build_id = ? AND owner = ? AND status IN ('running', 'paused')",
+                    f"SELECT 1 FROM builds WHERE build_id = ? AND owner = ? AND status IN {HELD_BUILD_STATUSES}",
                     (agent["build_id"], expect_owner)).fetchone() is None:
                 return False
             existing = conn.execute("SELECT status, created_at FROM agents WHERE agent_id = ?",

@@ -58,13 +58,22 @@ def _value_bytes(value: Any) -> int:
     return len(json.dumps(value).encode())
 
 # Build statuses that still hold a place in the engine (the build is not finished).
-ACTIVE_BUILD_STATUSES = ("queued", "running", "paused")
+# `pausing`: a pause is asked for and the step in progress is finishing; `paused` once it has.
+ACTIVE_BUILD_STATUSES = ("queued", "running", "pausing", "paused")
 FINAL_BUILD_STATUSES = ("succeeded", "failed", "cancelled")
+# Unowned builds an engine may claim: queued or handed back (a `pausing` one is claimed to be
+# settled as `paused` at its next step boundary). Owned ones are claimable only once their
+# lease has expired, whatever their active status.
+CLAIMABLE_UNOWNED_STATUSES = ("queued", "running", "pausing")
+# An engine may be in the middle of a step of a build it owns in these: `paused` too, as
+# records written before `pausing` existed hold it while their step finishes.
+HELD_BUILD_STATUSES = ("running", "pausing", "paused")
 
 # Project status follows its latest build.
 PROJECT_STATUS_FOR_BUILD = {
     "queued": "pending",
     "running": "building",
+    "pausing": "pausing",
     "paused": "paused",
     "succeeded": "completed",
     "failed": "failed",
@@ -239,12 +248,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_claimable_builds(self, *, now: str, limit: int) -> list[Record]:
-        """Builds an engine may take: queued and unowned, or owned under an expired lease;
-        oldest first."""
+        """Builds an engine may take: unowned in CLAIMABLE_UNOWNED_STATUSES, or active and
+        owned under an expired lease; oldest first."""
 
     @abc.abstractmethod
     async def claim_build(self, *, build_id: str, owner: str, lease_until: str, now: str) -> bool:
-        """Take a claimable build. Queued builds become running; paused ones stay paused."""
+        """Take a claimable build. Queued builds become running; others keep their status."""
 
     @abc.abstractmethod
     async def renew_leases(self, *, owner: str, lease_until: str) -> list[Record]:
@@ -287,8 +296,8 @@ class Store(abc.ABC):
     async def put_agent(self, *, agent: Record, expect_owner: str | None = None) -> bool:
         """Register or re-register (a rebuilt project) an agent, keeping its runtime stats.
 
-        With `expect_owner`, only while the agent's build (`agent["build_id"]`) is still
-        running or paused under that owner: a build stopped or deleted meanwhile (perhaps
+        With `expect_owner`, only while the agent's build (`agent["build_id"]`) is still held
+        (HELD_BUILD_STATUSES) by that owner: a build stopped or deleted meanwhile (perhaps
         through another instance) registers nothing. False when nothing was registered."""
 
     @abc.abstractmethod

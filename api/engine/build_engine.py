@@ -4,11 +4,16 @@ The store is the single source of truth for every build, so that control actions
 several API instances all go through one mechanism:
 - an engine *claims* a build (queued, resumed, or left behind under an expired lease) and holds
   a lease it renews; at most `MAX_CONCURRENT_BUILDS` claims per engine, oldest first;
-- every progress write is conditional on the build still being ours and `running`/`paused`,
-  so a `stop` or a delete is noticed at the next write even when sent to another instance;
-- `pause` is honoured at the next stage or sub-stage boundary by releasing the claim; `resume`
-  makes the build claimable again and it continues from the first unfinished step, which is
-  also how a build left by a dead process is resumed.
+- every progress write is conditional on the build still being ours and held (running or
+  `pausing`), so a `stop` or a delete is noticed at the next write even when sent to another
+  instance;
+- `pause` marks a running build `pausing`; it becomes `paused` at the next stage or sub-stage
+  boundary, where its engine releases the claim. `resume` makes it claimable again and it
+  continues from the first unfinished step, which is also how a build left by a dead process
+  is resumed.
+
+Control actions are this module's operations (`BuildEngine.pause`, `resume`, `stop`, `restart`,
+`create`, `delete_project`): nothing else writes a build's status, stages, owner or lease.
 """
 
 import asyncio
@@ -19,12 +24,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from api.core import ids
 from api.core.clock import iso_timestamp, utc_now
-from api.core.context import bind
+from api.core.context import bind, request_id_var
 from api.core.store_errors import StoreError
-from api.database.store import ACTIVE_BUILD_STATUSES, Record, Store
+from api.database.store import ACTIVE_BUILD_STATUSES, HELD_BUILD_STATUSES, Record, Store
 from api.engine.stage_work import StageFailed, StageUsage, StageWorker, build_usage
-from api.engine.stages import progress
+from api.engine.stages import initial_stages, progress
 from api.observability import metrics
 
 logger = logging.getLogger("api.engine.build_engine")
@@ -34,7 +40,6 @@ logger = logging.getLogger("api.engine.build_engine")
 MAX_RECOVERIES = 3
 # How often the engine looks for claimable builds when nobody wakes it.
 SCHEDULE_POLL_SECONDS = 1.0
-WORKING_STATUSES = ("running", "paused")
 
 
 class BuildAbandoned(Exception):
@@ -48,6 +53,16 @@ def _after(seconds: float) -> str:
 def _seconds_between(start: str, end: str) -> float:
     parse = lambda text: datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
     return (parse(end) - parse(start)).total_seconds()
+
+
+def new_build(project_id: str) -> Record:
+    now = utc_now()
+    return {
+        "build_id": ids.build_id(), "project_id": project_id, "status": "queued", "progress": 0.0,
+        "current_stage": None, "stages": initial_stages(), "context": {}, "error": None,
+        "request_id": request_id_var.get(), "owner": None, "lease_until": None,
+        "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
+    }
 
 
 class BuildRun:
@@ -78,7 +93,7 @@ class BuildRun:
 
     async def _save(self, artifacts: Sequence[Record] = (), **changes: Any) -> None:
         """Progress, and the stage log lines logged since the last save."""
-        if not await self._write(WORKING_STATUSES, self._lines, artifacts, changes):
+        if not await self._write(HELD_BUILD_STATUSES, self._lines, artifacts, changes):
             raise BuildAbandoned("build was stopped, deleted or taken over")
         self._lines = []
 
@@ -93,16 +108,17 @@ class BuildRun:
         logger.info(message, extra={"stage": stage})
 
     async def _pause_or_abandon(self, stage: str, step: dict[str, Any]) -> None:
-        """After a refused start: hand a paused build back to the store, unowned; return if it
-        was resumed meanwhile (the caller tries again)."""
+        """After a refused start: settle a pausing build as paused and hand it back to the
+        store, unowned; return if it was resumed meanwhile (the caller tries again)."""
         build = await self.store.get_build(build_id=self.build_id)
-        if build is None or build["status"] not in WORKING_STATUSES or build["owner"] != self.engine.instance_id:
+        if build is None or build["status"] not in HELD_BUILD_STATUSES or build["owner"] != self.engine.instance_id:
             raise BuildAbandoned("build was stopped, deleted or taken over")
-        if build["status"] == "paused":
+        if build["status"] in ("pausing", "paused"):
             message = f"Build paused before {step['name']}"
             if await self.store.update_build(
-                    build_id=self.build_id, changes={"owner": None, "lease_until": None, "updated_at": utc_now()},
-                    expect_status=("paused",), expect_owner=self.engine.instance_id,
+                    build_id=self.build_id, changes={"status": "paused", "owner": None,
+                                                     "lease_until": None, "updated_at": utc_now()},
+                    expect_status=("pausing", "paused"), expect_owner=self.engine.instance_id,
                     logs=[self._line(stage, message)]):
                 logger.info(message, extra={"stage": stage})
                 raise BuildAbandoned("paused")
@@ -237,18 +253,90 @@ class BuildEngine:
         self._loops = [asyncio.create_task(self._schedule(), name="build-scheduler"),
                        asyncio.create_task(self._renew(), name="build-leases")]
 
-    def wake(self) -> None:
-        """Look for claimable builds now (a build was queued or resumed)."""
+    def _wake_up(self) -> None:
+        """Look for claimable builds now (a build was queued, resumed or handed back)."""
         self._wake.set()
 
     def is_running(self, build_id: str) -> bool:
         return build_id in self._runs
 
-    def abandon(self, build_id: str) -> None:
-        """Cancel the local run of a build that was stopped or deleted."""
+    def _abandon(self, build_id: str) -> None:
+        """Cancel the local run of a build that was stopped, deleted or taken over."""
         task = self._runs.get(build_id)
         if task is not None:
             task.cancel()
+
+    # -- control: each a conditional store write, so that two instances acting on one build
+    # -- (or an action racing the build's own progress) never both win ----------------------
+    async def create(self, *, project: Record) -> tuple[Record, Record]:
+        """Store `project` (its own fields) with its first build, queued; returns both as
+        stored."""
+        build = new_build(project["project_id"])
+        now = build["created_at"]
+        project = {**project, "status": "pending", "progress": 0.0, "current_stage": None,
+                   "latest_build_id": build["build_id"], "created_at": now, "updated_at": now}
+        await self.store.create_project(project=project, build=build)
+        self._wake_up()
+        return project, build
+
+    async def restart(self, *, project_id: str) -> bool:
+        """Queue a new build of a project whose latest build is finished."""
+        if not await self.store.add_build(build=new_build(project_id)):
+            return False
+        self._wake_up()
+        return True
+
+    async def _transition(self, build: Record, *moves: tuple[str, str]) -> bool:
+        """The first of `moves` (from status, to status) that applies, the one matching the
+        status read tried first: if the build moved on since, the other may still apply."""
+        moves = tuple(sorted(moves, key=lambda move: move[0] != build["status"]))
+        for before, after in moves:
+            if await self.store.update_build(build_id=build["build_id"], expect_status=(before,),
+                                             changes={"status": after, "updated_at": utc_now()}):
+                return True
+        return False
+
+    async def pause(self, build: Record) -> bool:
+        """A queued build is paused at once. A running one is `pausing` until the step in
+        progress ends: its engine settles it as `paused` there (an unowned one is claimed
+        to be settled), so that no step is cut off and no model call is left running."""
+        if not await self._transition(build, ("queued", "paused"), ("running", "pausing")):
+            return False
+        if build["owner"] is None:
+            self._wake_up()
+        return True
+
+    async def resume(self, build: Record) -> bool:
+        """A paused build continues from its first unfinished step (queued again if it never
+        started); a pausing one keeps running, the pause called off."""
+        if not await self._transition(build, ("paused", "running" if build["started_at"] else "queued"),
+                                      ("pausing", "running")):
+            return False
+        self._wake_up()
+        return True
+
+    async def stop(self, build: Record) -> bool:
+        """Cancel an active build: its unfinished stages are skipped and its run (here or on
+        another instance, at its next write) ends with its model call."""
+        stages = build["stages"]
+        for stage in stages:
+            if stage["status"] in ("pending", "running"):
+                stage["status"] = "skipped"
+        now = utc_now()
+        if not await self.store.update_build(
+                build_id=build["build_id"], expect_status=ACTIVE_BUILD_STATUSES, changes={
+                    "status": "cancelled", "finished_at": now, "updated_at": now, "owner": None,
+                    "lease_until": None, "stages": stages, "current_stage": None}):
+            return False
+        self._abandon(build["build_id"])
+        return True
+
+    async def delete_project(self, project: Record) -> bool:
+        """Delete a project with everything under it, ending its build's run here."""
+        if not await self.store.delete_project(project_id=project["project_id"]):
+            return False
+        self._abandon(project["latest_build_id"])
+        return True
 
     async def shutdown(self) -> None:
         """Stop taking builds and hand running ones back to the store, unowned, so that the
@@ -277,7 +365,7 @@ class BuildEngine:
                 logger.exception("Build scheduler could not reach the store")
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation
             # that arrives as the wake-up does (shutdown cancels this loop while the cancelled
-            # runs call wake()), and the loop would poll forever.
+            # runs wake it), and the loop would poll forever.
             try:
                 async with asyncio.timeout(SCHEDULE_POLL_SECONDS):
                     await self._wake.wait()
@@ -308,9 +396,9 @@ class BuildEngine:
             except StoreError:
                 logger.exception("Could not renew build leases")
                 continue
-            still_ours = {b["build_id"] for b in owned if b["status"] in WORKING_STATUSES}
+            still_ours = {b["build_id"] for b in owned if b["status"] in HELD_BUILD_STATUSES}
             for build_id in running - still_ours:
-                self.abandon(build_id)
+                self._abandon(build_id)
 
     async def _run(self, build_id: str) -> None:
         try:
@@ -332,7 +420,7 @@ class BuildEngine:
             logger.exception("Build lost its store; another start will resume it")
         finally:
             self._runs.pop(build_id, None)
-            self.wake()
+            self._wake_up()
 
     async def _execute(self, run: BuildRun) -> None:
         recoveries = run.build["recoveries"]

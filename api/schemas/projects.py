@@ -5,7 +5,7 @@ from pydantic import Field, StringConstraints
 from api.schemas.common import Identifier, Name, StrictModel
 
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)]
-ProjectStatus = Literal["pending", "building", "paused", "completed", "failed", "stopped"]
+ProjectStatus = Literal["pending", "building", "pausing", "paused", "completed", "failed", "stopped"]
 
 
 class ProjectCreate(StrictModel):

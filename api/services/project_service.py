@@ -1,15 +1,17 @@
-"""Projects, their builds, stages, artifacts and control actions."""
+"""Projects, their builds, stages, artifacts and control actions.
+
+The service validates and reads; every change to a build (and creating or deleting a project,
+which starts or ends one) is an operation of the build engine."""
 
 import logging
 from typing import Any
 
 from api.core import ids
-from api.core.clock import utc_now
-from api.core.context import bind, request_id_var
+from api.core.context import bind
 from api.core.errors import InvalidState, NotFound, ServiceUnavailable
 from api.database.store import ACTIVE_BUILD_STATUSES, Page, Record, Store
 from api.engine.build_engine import BuildEngine
-from api.engine.stages import STAGE_NAMES, initial_stages
+from api.engine.stages import STAGE_NAMES
 from api.schemas.projects import ProjectControl, ProjectCreate
 
 logger = logging.getLogger("api.services.project_service")
@@ -18,7 +20,7 @@ logger = logging.getLogger("api.services.project_service")
 # decides, since the project mirrors it).
 ACTION_FROM = {
     "pause": ("queued", "running"),
-    "resume": ("paused",),
+    "resume": ("pausing", "paused"),
     "stop": ACTIVE_BUILD_STATUSES,
     "restart": ("succeeded", "failed", "cancelled"),
 }
@@ -27,7 +29,7 @@ BUILD_PRIVATE_FIELDS = ("context", "owner", "lease_until")
 
 def build_public(build: Record) -> Record:
     public = {key: value for key, value in build.items() if key not in BUILD_PRIVATE_FIELDS}
-    # Which engine is running the build; null while it is queued, held by a pause, or finished.
+    # Which engine is running the build; null while it is queued, paused, or finished.
     public["instance_id"] = build["owner"]
     return public
 
@@ -36,16 +38,6 @@ def _stage_summary(stage: Record) -> Record:
     return {key: stage[key] for key in ("name", "order", "weight", "status", "started_at",
                                         "completed_at", "duration_seconds", "error")} | {
         "sub_stages": [{"name": sub["name"], "status": sub["status"]} for sub in stage["sub_stages"]]}
-
-
-def new_build(project_id: str) -> Record:
-    now = utc_now()
-    return {
-        "build_id": ids.build_id(), "project_id": project_id, "status": "queued", "progress": 0.0,
-        "current_stage": None, "stages": initial_stages(), "context": {}, "error": None,
-        "request_id": request_id_var.get(), "owner": None, "lease_until": None,
-        "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
-    }
 
 
 class ProjectService:
@@ -71,19 +63,13 @@ class ProjectService:
             raise ServiceUnavailable("The service is shutting down and accepts no new builds.")
         project_id = ids.project_id()
         bind(project_id=project_id, user_id=body.user_id)
-        build = new_build(project_id)
-        now = build["created_at"]
-        project = {
+        project, build = await self.engine.create(project={
             "project_id": project_id, "user_id": body.user_id,
             "project_name": body.project_name or body.requirement.splitlines()[0][:80].strip(),
             "requirement": body.requirement, "priority": body.priority, "tags": body.tags,
-            "status": "pending", "progress": 0.0, "current_stage": None,
-            "latest_build_id": build["build_id"], "created_at": now, "updated_at": now,
-        }
-        await self.store.create_project(project=project, build=build)
+        })
         logger.info("Project created successfully",
                     extra={"build_id": build["build_id"], "priority": body.priority})
-        self.engine.wake()
         return {**project, "latest_build": build_public(build)}
 
     async def get(self, *, project_id: str) -> Record:
@@ -122,42 +108,19 @@ class ProjectService:
                 f"Cannot {body.action} a project whose status is {project['status']!r}",
                 details={"status": project["status"], "action": body.action})
         if body.action == "restart":
-            restarted = new_build(project_id)
-            if not await self.store.add_build(build=restarted):
-                raise InvalidState("The project changed while restarting; read it again.")
-            self.engine.wake()
+            applied = await self.engine.restart(project_id=project_id)
         else:
-            changes = self._control_changes(body.action, build)
-            if not await self.store.update_build(build_id=build["build_id"], changes=changes,
-                                                 expect_status=ACTION_FROM[body.action]):
-                raise InvalidState("The build changed while applying the action; read it again.")
-            if body.action == "stop":
-                self.engine.abandon(build["build_id"])
-            if body.action == "resume":
-                self.engine.wake()
+            act = {"pause": self.engine.pause, "resume": self.engine.resume, "stop": self.engine.stop}
+            applied = await act[body.action](build)
+        if not applied:
+            raise InvalidState("The build changed while applying the action; read it again.")
         logger.info(f"Project {body.action} requested", extra={"action": body.action, "reason": body.reason})
         return await self.get(project_id=project_id)
 
-    @staticmethod
-    def _control_changes(action: str, build: Record) -> Record:
-        now = utc_now()
-        if action == "pause":
-            return {"status": "paused", "updated_at": now}
-        if action == "resume":
-            # A build paused before it ever started goes back in the queue.
-            return {"status": "running" if build["started_at"] else "queued", "updated_at": now}
-        stages = build["stages"]
-        for stage in stages:
-            if stage["status"] in ("pending", "running"):
-                stage["status"] = "skipped"
-        return {"status": "cancelled", "finished_at": now, "updated_at": now, "owner": None,
-                "lease_until": None, "stages": stages, "current_stage": None}
-
     async def delete(self, *, project_id: str) -> None:
         project = await self._project(project_id)
-        if not await self.store.delete_project(project_id=project_id):
+        if not await self.engine.delete_project(project):
             raise NotFound("project", project_id)
-        self.engine.abandon(project["latest_build_id"])
         logger.info("Project deleted")
 
     async def builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page:

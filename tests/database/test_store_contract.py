@@ -500,6 +500,35 @@ async def test_a_paused_build_taken_over_stays_paused(store: Store) -> None:
     assert (await store.get_project(project_id=project["project_id"]))["status"] == "paused"
 
 
+async def test_a_pausing_build_is_held_until_settled_and_claimable_when_handed_back(
+        store: Store) -> None:
+    project, build = await add_project(store)
+    build_id = build["build_id"]
+    assert await store.claim_build(build_id=build_id, owner="engine_a", lease_until=ts(30), now=ts(10))
+    assert await store.update_build(build_id=build_id, changes={"status": "pausing", "updated_at": ts(11)},
+                                    expect_status=("running",))
+    assert (await store.get_project(project_id=project["project_id"]))["status"] == "pausing"
+    # Held: its owner still saves the step in progress, renews and may register the agent.
+    assert await store.update_build(build_id=build_id, changes={"progress": 20.0, "updated_at": ts(12)},
+                                    expect_status=("running", "pausing"), expect_owner="engine_a")
+    assert [b["build_id"] for b in await store.renew_leases(owner="engine_a", lease_until=ts(40))] == [build_id]
+    assert await store.put_agent(agent=new_agent(project["project_id"]) | {"build_id": build_id},
+                                 expect_owner="engine_a")
+    assert await store.list_claimable_builds(now=ts(20), limit=10) == []
+
+    # Handed back unowned (a shutdown mid-step): another engine claims it to settle it.
+    assert await store.update_build(build_id=build_id, changes={"owner": None, "lease_until": None},
+                                    expect_status=("pausing",), expect_owner="engine_a")
+    assert [b["build_id"] for b in await store.list_claimable_builds(now=ts(20), limit=10)] == [build_id]
+    assert await store.claim_build(build_id=build_id, owner="engine_b", lease_until=ts(60), now=ts(21))
+    stored = await store.get_build(build_id=build_id)
+    assert (stored["status"], stored["owner"], stored["recoveries"]) == ("pausing", "engine_b", 0)
+    assert await store.update_build(build_id=build_id, expect_status=("pausing",), expect_owner="engine_b",
+                                    changes={"status": "paused", "owner": None, "lease_until": None})
+    assert (await store.get_project(project_id=project["project_id"]))["status"] == "paused"
+    assert await store.list_claimable_builds(now=ts(90), limit=10) == []
+
+
 async def test_recoveries_count_only_takeovers_of_an_expired_lease(store: Store) -> None:
     _, build = await add_project(store)
     build_id = build["build_id"]

@@ -1,11 +1,15 @@
 """Control actions act on the running build, not only on a stored field."""
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from api.main import create_app
 from tests.conftest import Api, make_settings, wait_for
 
 STAGE_DELAY = 0.15
@@ -16,6 +20,15 @@ def settings_overrides() -> dict[str, Any]:
     return {"offline_stage_delay_seconds": STAGE_DELAY}
 
 
+@asynccontextmanager
+async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[Any, Api]]:
+    """An app of the test's own (settings of its own, or a second start on the same data)."""
+    app = create_app(make_settings(tmp_path, **settings))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        yield app, Api(client)
+
+
 async def _stage_of(api: Api, project_id: str, name: str) -> dict[str, Any]:
     return await api.call("GET", f"/api/v1/projects/{project_id}/stages/{name}")
 
@@ -24,16 +37,26 @@ async def test_pause_holds_at_a_boundary_and_resume_finishes(api: Api, app: Any)
     project_id = (await api.create_project())["project_id"]
     await wait_for(lambda: _progress_at_least(api, project_id, 15), what="stage 2 done")
 
-    paused = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
-                            json={"action": "pause", "reason": "maintenance"})
-    assert paused["status"] == "paused"
-    assert paused["latest_build"]["status"] == "paused"
+    pausing = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                             json={"action": "pause", "reason": "maintenance"})
+    # A stage is running: the pause waits for it to end, and says so.
+    assert pausing["status"] == "pausing"
+    assert pausing["latest_build"]["status"] == "pausing"
+    assert pausing["latest_build"]["instance_id"] == app.state.engine.instance_id
+    assert "running" in [stage["status"] for stage in pausing["stages_snapshot"]]
 
     async def held() -> dict[str, Any] | None:
         project = await api.project(project_id)
-        return project if project["latest_build"]["instance_id"] is None else None
+        return project if project["status"] == "paused" else None
 
-    held_project = await wait_for(held, what="the engine to release the paused build")
+    held_project = await wait_for(held, what="the engine to settle the pause at a boundary")
+    assert held_project["latest_build"]["status"] == "paused"
+    assert held_project["latest_build"]["instance_id"] is None
+    # Settled at a boundary: the step that was running finished, none is running now (a
+    # stage whose sub-stages are under way stays running between them).
+    assert "running" not in [step["status"] for stage in held_project["stages_snapshot"]
+                             for step in (stage["sub_stages"] or [stage])]
+    assert held_project["progress"] > pausing["progress"]
     assert not app.state.engine.is_running(held_project["latest_build_id"])
     # Held: several stage durations later nothing has moved.
     await asyncio.sleep(STAGE_DELAY * 5)
@@ -75,39 +98,31 @@ async def test_progress_never_decreases_and_is_100_only_on_success(api: Api) -> 
 
 async def test_stop_cancels_mid_stage(tmp_path: Path) -> None:
     # Long stages, so that the stop certainly lands in the middle of one.
-    import httpx
+    async with serving(tmp_path, offline_stage_delay_seconds=30) as (app, api):
+        project_id = (await api.create_project())["project_id"]
 
-    from api.main import create_app
+        async def orchestrating() -> bool:
+            stage = await _stage_of(api, project_id, "orchestrator")
+            return stage["status"] == "running"
 
-    app = create_app(make_settings(tmp_path, offline_stage_delay_seconds=30))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://testserver") as client:
-            api = Api(client)
-            project_id = (await api.create_project())["project_id"]
+        await wait_for(orchestrating, what="the first stage to run")
+        stopped = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                                 json={"action": "stop"})
+        assert stopped["status"] == "stopped"
+        assert stopped["latest_build"]["status"] == "cancelled"
+        build_id = stopped["latest_build_id"]
+        # The stage's 30 s of work is abandoned, not waited for.
+        await wait_for(lambda: _not_running(app, build_id), timeout=5, what="the run to end")
+        orchestrator = await _stage_of(api, project_id, "orchestrator")
+        assert orchestrator["status"] == "skipped"
+        assert not any("completed" in line["message"] for line in orchestrator["logs"])
+        assert {s["status"] for s in stopped["stages_snapshot"]} == {"skipped"}
 
-            async def orchestrating() -> bool:
-                stage = await _stage_of(api, project_id, "orchestrator")
-                return stage["status"] == "running"
-
-            await wait_for(orchestrating, what="the first stage to run")
-            stopped = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
-                                     json={"action": "stop"})
-            assert stopped["status"] == "stopped"
-            assert stopped["latest_build"]["status"] == "cancelled"
-            build_id = stopped["latest_build_id"]
-            # The stage's 30 s of work is abandoned, not waited for.
-            await wait_for(lambda: _not_running(app, build_id), timeout=5, what="the run to end")
-            orchestrator = await _stage_of(api, project_id, "orchestrator")
-            assert orchestrator["status"] == "skipped"
-            assert not any("completed" in line["message"] for line in orchestrator["logs"])
-            assert {s["status"] for s in stopped["stages_snapshot"]} == {"skipped"}
-
-            again = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
-                                   json={"action": "stop"}, expect=409)
-            assert again["code"] == "INVALID_STATE"
-            overview = await api.call("GET", "/api/v1/statistics/overview")
-            assert (overview["active_builds"], overview["total_builds"], overview["failed_builds"]) == (0, 1, 0)
+        again = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                               json={"action": "stop"}, expect=409)
+        assert again["code"] == "INVALID_STATE"
+        overview = await api.call("GET", "/api/v1/statistics/overview")
+        assert (overview["active_builds"], overview["total_builds"], overview["failed_builds"]) == (0, 1, 0)
 
 
 async def _not_running(app: Any, build_id: str) -> bool:
@@ -137,25 +152,17 @@ async def test_restart_runs_a_new_build_of_the_same_project(api: Api) -> None:
 
 
 async def test_pause_of_a_queued_build_and_resume_requeues_it(tmp_path: Path) -> None:
-    import httpx
-
-    from api.main import create_app
-
-    app = create_app(make_settings(tmp_path, offline_stage_delay_seconds=0.05, max_concurrent_builds=1))
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://testserver") as client:
-            api = Api(client)
-            first = (await api.create_project())["project_id"]
-            second = (await api.create_project())["project_id"]
-            paused = await api.call("PUT", f"/api/v1/projects/{second}/control", json={"action": "pause"})
-            assert paused["status"] == "paused"
-            await api.wait_status(first, "completed")
-            held = await api.project(second)
-            assert held["status"] == "paused" and held["latest_build"]["started_at"] is None
-            resumed = await api.call("PUT", f"/api/v1/projects/{second}/control", json={"action": "resume"})
-            assert resumed["status"] == "pending"
-            await api.wait_status(second, "completed")
+    async with serving(tmp_path, offline_stage_delay_seconds=0.05, max_concurrent_builds=1) as (_, api):
+        first = (await api.create_project())["project_id"]
+        second = (await api.create_project())["project_id"]
+        paused = await api.call("PUT", f"/api/v1/projects/{second}/control", json={"action": "pause"})
+        assert paused["status"] == "paused"
+        await api.wait_status(first, "completed")
+        held = await api.project(second)
+        assert held["status"] == "paused" and held["latest_build"]["started_at"] is None
+        resumed = await api.call("PUT", f"/api/v1/projects/{second}/control", json={"action": "resume"})
+        assert resumed["status"] == "pending"
+        await api.wait_status(second, "completed")
 
 
 async def test_delete_cancels_the_running_build_and_removes_everything(api: Api, app: Any) -> None:
@@ -179,3 +186,62 @@ async def test_delete_cancels_the_running_build_and_removes_everything(api: Api,
     assert overview["total_agents"] == 1  # only done_id's agent remains
     assert overview["active_builds"] == 0
     assert overview["total_invocations"] == 1  # history stays counted
+
+
+async def test_resume_while_pausing_calls_the_pause_off(tmp_path: Path) -> None:
+    async with serving(tmp_path, offline_stage_delay_seconds=1.0) as (app, api):
+        project_id = (await api.create_project())["project_id"]
+        await wait_for(lambda: _stage_running(api, project_id, "orchestrator"),
+                       what="the first stage to run")
+        pausing = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                                 json={"action": "pause"})
+        assert pausing["status"] == "pausing"
+        again = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                               json={"action": "pause"}, expect=409)
+        assert again["code"] == "INVALID_STATE" and again["details"]["status"] == "pausing"
+
+        resumed = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                                 json={"action": "resume"})
+        # The step in progress never stopped: the same engine carries on with it.
+        assert resumed["status"] == "building"
+        assert resumed["latest_build"]["status"] == "running"
+        assert resumed["latest_build"]["instance_id"] == app.state.engine.instance_id
+        done = await api.wait_status(project_id, "completed", timeout=60)
+        assert done["progress"] == 100
+        logs = [line["message"] for stage in done["stages_snapshot"]
+                for line in (await _stage_of(api, project_id, stage["name"]))["logs"]]
+        assert not any(message.startswith("Build paused") for message in logs)
+
+
+async def _stage_running(api: Api, project_id: str, name: str) -> bool:
+    return (await _stage_of(api, project_id, name))["status"] == "running"
+
+
+async def test_a_pausing_build_cut_off_by_a_shutdown_is_settled_paused_by_the_next_start(
+        tmp_path: Path) -> None:
+    """A restart leaves nothing stuck in `pausing`: the build handed back unowned is claimed
+    by the next start only to be settled `paused`, with no step run and no recovery counted."""
+    async with serving(tmp_path, offline_stage_delay_seconds=30.0) as (_, api):
+        project_id = (await api.create_project())["project_id"]
+        await wait_for(lambda: _stage_running(api, project_id, "orchestrator"),
+                       what="the first stage to run")
+        pausing = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                                 json={"action": "pause"})
+        assert pausing["status"] == "pausing"
+    # The first process is gone mid-step; the build was handed back, unowned, still pausing.
+
+    async with serving(tmp_path, offline_stage_delay_seconds=0.01) as (_, api):
+        async def settled() -> dict[str, Any] | None:
+            project = await api.project(project_id)
+            return project if project["status"] == "paused" else None
+
+        held = await wait_for(settled, what="the next start to settle the pause")
+        assert held["latest_build"]["instance_id"] is None
+        assert held["latest_build"]["recoveries"] == 0
+        orchestrator = await _stage_of(api, project_id, "orchestrator")
+        assert not any("completed" in line["message"] for line in orchestrator["logs"])
+        assert any(line["message"] == "Build paused before orchestrator" for line in orchestrator["logs"])
+        assert (await api.call("PUT", f"/api/v1/projects/{project_id}/control",
+                               json={"action": "resume"}))["status"] == "building"
+        done = await api.wait_status(project_id, "completed")
+        assert done["progress"] == 100

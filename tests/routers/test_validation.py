@@ -441,9 +441,14 @@ async def test_illegal_transitions_of_active_projects_are_invalid_state(api: Api
     for action in ("restart", "resume"):
         await _assert_refused(api, queued["project_id"], action, "pending")
 
+    # The running build's minute-long stage holds its pause at `pausing`; the queued one
+    # pauses at once.
     await _control(api, running["project_id"], "pause")
     for action in ("pause", "restart"):
-        await _assert_refused(api, running["project_id"], action, "paused")
+        await _assert_refused(api, running["project_id"], action, "pausing")
+    await _control(api, queued["project_id"], "pause")
+    for action in ("pause", "restart"):
+        await _assert_refused(api, queued["project_id"], action, "paused")
 
 
 async def test_invoking_an_offline_agent_is_invalid_state_and_records_nothing(
