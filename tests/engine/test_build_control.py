@@ -190,12 +190,7 @@ async def test_delete_cancels_the_running_build_and_removes_everything(api: Api,
 
 async def test_resume_while_pausing_calls_the_pause_off(tmp_path: Path) -> None:
     async with serving(tmp_path, offline_stage_delay_seconds=1.0) as (app, api):
-        project_id = (await api.create_project())["project_id"]
-        await wait_for(lambda: _stage_running(api, project_id, "orchestrator"),
-                       what="the first stage to run")
-        pausing = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
-                                 json={"action": "pause"})
-        assert pausing["status"] == "pausing"
+        project_id = await _pausing_in_the_first_stage(api)
         again = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
                                json={"action": "pause"}, expect=409)
         assert again["code"] == "INVALID_STATE" and again["details"]["status"] == "pausing"
@@ -217,17 +212,22 @@ async def _stage_running(api: Api, project_id: str, name: str) -> bool:
     return (await _stage_of(api, project_id, name))["status"] == "running"
 
 
+async def _pausing_in_the_first_stage(api: Api) -> str:
+    """A new project, paused while its first stage runs: it reads `pausing`."""
+    project_id = (await api.create_project())["project_id"]
+    await wait_for(lambda: _stage_running(api, project_id, "orchestrator"),
+                   what="the first stage to run")
+    pausing = await api.call("PUT", f"/api/v1/projects/{project_id}/control", json={"action": "pause"})
+    assert pausing["status"] == "pausing" and pausing["latest_build"]["status"] == "pausing"
+    return project_id
+
+
 async def test_a_pausing_build_cut_off_by_a_shutdown_is_settled_paused_by_the_next_start(
         tmp_path: Path) -> None:
     """A restart leaves nothing stuck in `pausing`: the build handed back unowned is claimed
     by the next start only to be settled `paused`, with no step run and no recovery counted."""
     async with serving(tmp_path, offline_stage_delay_seconds=30.0) as (_, api):
-        project_id = (await api.create_project())["project_id"]
-        await wait_for(lambda: _stage_running(api, project_id, "orchestrator"),
-                       what="the first stage to run")
-        pausing = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
-                                 json={"action": "pause"})
-        assert pausing["status"] == "pausing"
+        project_id = await _pausing_in_the_first_stage(api)
     # The first process is gone mid-step; the build was handed back, unowned, still pausing.
 
     async with serving(tmp_path, offline_stage_delay_seconds=0.01) as (_, api):
