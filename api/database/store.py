@@ -16,16 +16,24 @@ import abc
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from api.core.store_errors import RecordTooLarge
+# Daily, Page and Record are imported from here by the backends, with the constants below.
+from api.database.interfaces import (
+    AgentStore,
+    Daily,
+    LeaseStore,
+    Page,
+    ProjectStore,
+    Record,
+    SessionStore,
+    StatisticsStore,
+)
 from api.observability import db_observer
 
 T = TypeVar("T")
-
-Record = dict[str, Any]
 
 # A record is at most 400 KiB on every backend: DynamoDB's item limit, which SQLite (whose own
 # limit is 1 GB) enforces too, so a record one backend takes the other takes as well.
@@ -153,27 +161,9 @@ def build_token_deltas(build: Record) -> dict[str, float]:
             "build_output_tokens": usage.get("output_tokens", 0)}
 
 
-@dataclass
-class Page:
-    items: list[Record]
-    last_key: str | None = None
-
-
-@dataclass
-class Daily:
-    """One UTC day of the statistics aggregates."""
-
-    date: str
-    counts: dict[str, float] = field(default_factory=dict)
-    failed_stages: dict[str, int] = field(default_factory=dict)
-
-
-class Store(abc.ABC):
-    """Persistence for every resource. All methods take keyword arguments only.
-
-    Conditional updates return False instead of raising when their condition does not hold,
-    so the caller learns that another actor (a control action, another instance) got there first.
-    """
+class Store(ProjectStore, LeaseStore, AgentStore, SessionStore, StatisticsStore):
+    """Persistence for every resource: the domains of `api.database.interfaces` in the one
+    object the app holds, with its lifecycle and the timing every call goes through."""
 
     backend_name: str
 
@@ -213,159 +203,3 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def ping(self) -> None:
         """Raise StoreError when the store cannot answer a trivial read."""
-
-    # -- projects and builds ---------------------------------------------------------------
-    @abc.abstractmethod
-    async def create_project(self, *, project: Record, build: Record) -> None:
-        """Insert a project with its first (queued) build and count the build."""
-
-    @abc.abstractmethod
-    async def get_project(self, *, project_id: str) -> Record | None: ...
-
-    @abc.abstractmethod
-    async def list_projects(
-        self, *, limit: int, last_key: str | None, status: str | None = None,
-        user_id: str | None = None,
-    ) -> Page:
-        """Newest first."""
-
-    @abc.abstractmethod
-    async def delete_project(self, *, project_id: str) -> bool:
-        """Delete the project and everything under it. Builds still active count as cancelled."""
-
-    @abc.abstractmethod
-    async def add_build(self, *, build: Record) -> bool:
-        """Queue a new build of an existing project whose latest build is finished.
-
-        False when the project is gone or its latest build is still active."""
-
-    @abc.abstractmethod
-    async def get_build(self, *, build_id: str) -> Record | None: ...
-
-    @abc.abstractmethod
-    async def list_builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page:
-        """Newest first."""
-
-    @abc.abstractmethod
-    async def list_claimable_builds(self, *, now: str, limit: int) -> list[Record]:
-        """Builds an engine may take: unowned in CLAIMABLE_UNOWNED_STATUSES, or active and
-        owned under an expired lease; oldest first."""
-
-    @abc.abstractmethod
-    async def claim_build(self, *, build_id: str, owner: str, lease_until: str, now: str) -> bool:
-        """Take a claimable build. Queued builds become running; others keep their status."""
-
-    @abc.abstractmethod
-    async def renew_leases(self, *, owner: str, lease_until: str) -> list[Record]:
-        """Extend the lease of every active build this owner holds; returns those builds
-        (the owner learns about control actions sent to other instances from them)."""
-
-    @abc.abstractmethod
-    async def update_build(
-        self, *, build_id: str, changes: Record, expect_status: tuple[str, ...],
-        expect_owner: str | None = None, logs: Sequence[Record] = (),
-        artifacts: Sequence[Record] = (),
-    ) -> bool:
-        """Apply `changes` to the build (and mirror status, progress and stage on its
-        project) if its status is one of `expect_status` (and, given, its owner matches).
-
-        `changes` may carry `usage` ({calls, input_tokens, output_tokens, tokens_estimated,
-        duration_ms}: the model use of the build's stages so far), returned by get_build and
-        list_builds (None on builds that never recorded any).
-        A change to a final status updates the build aggregates in the same transaction,
-        the build's usage tokens (as changed, else as stored) included.
-        `logs` (stage, timestamp, level, message) are appended to the build's stage logs and
-        `artifacts` (project_id, build_id, path, stage, content, size, created_at) upserted by
-        (project_id, path) with the change: a build step's output and progress are one write.
-        Lines are written only when the change is; so are artifacts on SQLite (one
-        transaction), while DynamoDB writes them first, so that a step is never recorded
-        complete without its output."""
-
-    @abc.abstractmethod
-    async def list_build_logs(self, *, build_id: str, stage: str) -> list[Record]: ...
-
-    @abc.abstractmethod
-    async def list_artifacts(self, *, project_id: str) -> list[Record]:
-        """Without content, ordered by path."""
-
-    @abc.abstractmethod
-    async def get_artifact(self, *, project_id: str, path: str) -> Record | None: ...
-
-    # -- agents ----------------------------------------------------------------------------
-    @abc.abstractmethod
-    async def put_agent(self, *, agent: Record, expect_owner: str | None = None) -> bool:
-        """Register or re-register (a rebuilt project) an agent, keeping its runtime stats.
-
-        With `expect_owner`, only while the agent's build (`agent["build_id"]`) is still held
-        (HELD_BUILD_STATUSES) by that owner: a build stopped or deleted meanwhile (perhaps
-        through another instance) registers nothing. False when nothing was registered."""
-
-    @abc.abstractmethod
-    async def get_agent(self, *, agent_id: str) -> Record | None: ...
-
-    @abc.abstractmethod
-    async def list_agents(
-        self, *, limit: int, last_key: str | None, project_id: str | None = None,
-        status: str | None = None, category: str | None = None,
-        capabilities: list[str] | None = None,
-    ) -> Page:
-        """Newest first; `capabilities` matches agents having any of them."""
-
-    @abc.abstractmethod
-    async def update_agent(self, *, agent_id: str, changes: Record) -> Record | None:
-        """Returns the updated agent, None when it does not exist."""
-
-    @abc.abstractmethod
-    async def delete_agent(self, *, agent_id: str) -> bool: ...
-
-    @abc.abstractmethod
-    async def record_invocation(self, *, invocation: Record, messages: list[Record]) -> None:
-        """Store an invocation (and, for a session turn, its messages), counting it in the
-        agent's runtime stats, the daily and overall aggregates, and the session.
-
-        Besides its text and outcome, an invocation carries `model` (str | None),
-        `input_tokens`, `output_tokens` (int), `tokens_estimated` (bool: counted by us, the
-        endpoint sent no usage), `time_to_first_token_ms` and `finish_reason` (or None), kept
-        as given. `status` is `success`, `failed` or `cancelled`; what it adds to the
-        aggregates is `invocation_deltas`. Agents carry the sums: `cancelled_invocations`,
-        `total_input_tokens`, `total_output_tokens`, and `ttft_ms_total` over `ttft_count`
-        (the invocations that had a first token)."""
-
-    @abc.abstractmethod
-    async def list_invocations(self, *, agent_id: str, limit: int, last_key: str | None) -> Page: ...
-
-    # -- sessions --------------------------------------------------------------------------
-    @abc.abstractmethod
-    async def create_session(self, *, session: Record) -> bool:
-        """False when the agent does not exist."""
-
-    @abc.abstractmethod
-    async def get_session(self, *, session_id: str) -> Record | None: ...
-
-    @abc.abstractmethod
-    async def list_sessions(self, *, agent_id: str, limit: int, last_key: str | None) -> Page:
-        """Most recently active first."""
-
-    @abc.abstractmethod
-    async def list_messages(self, *, session_id: str, limit: int, last_key: str | None) -> Page:
-        """Oldest first."""
-
-    @abc.abstractmethod
-    async def recent_messages(self, *, session_id: str, limit: int) -> list[Record]:
-        """The last `limit` messages, oldest first (the history an invocation sees)."""
-
-    @abc.abstractmethod
-    async def delete_session(self, *, session_id: str) -> bool: ...
-
-    # -- statistics ------------------------------------------------------------------------
-    @abc.abstractmethod
-    async def get_counters(self) -> dict[str, float]:
-        """Every name in COUNTER_NAMES."""
-
-    @abc.abstractmethod
-    async def get_daily(self, *, start: str, end: str) -> list[Daily]:
-        """Days from start to end inclusive (ISO dates) that have any aggregate."""
-
-    @abc.abstractmethod
-    async def add_api_calls(self, *, counts: dict[str, int]) -> None:
-        """Add HTTP request counts per ISO date."""

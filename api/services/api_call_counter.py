@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import datetime, timezone
 
 from api.core.store_errors import StoreError
-from api.database.store import Store
+from api.database.interfaces import StatisticsStore
 
 logger = logging.getLogger("api.services.api_call_counter")
 
@@ -20,7 +20,7 @@ def today() -> str:
 
 
 class ApiCallCounter:
-    def __init__(self, *, store: Store, flush_seconds: float) -> None:
+    def __init__(self, *, store: StatisticsStore, flush_seconds: float) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
         self._pending: Counter[str] = Counter()

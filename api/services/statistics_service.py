@@ -4,7 +4,7 @@ from datetime import date, timedelta
 from typing import Any, Literal
 
 from api.core.errors import ValidationFailed
-from api.database.store import Daily, Store
+from api.database.interfaces import Daily, StatisticsStore
 from api.services.api_call_counter import ApiCallCounter, today
 
 DEFAULT_DAYS = 7
@@ -35,7 +35,7 @@ def _success_rate(succeeded: float, failed: float) -> float:
 
 
 class StatisticsService:
-    def __init__(self, *, store: Store, api_calls: ApiCallCounter) -> None:
+    def __init__(self, *, store: StatisticsStore, api_calls: ApiCallCounter) -> None:
         self.store = store
         self.api_calls = api_calls
 
