@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from api.database.sqlite_store import SQLiteStore
+from api.database.sqlite import SQLiteStore
 from api.database.store import COUNTER_NAMES
 
 HISTORY_DAYS = 365

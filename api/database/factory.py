@@ -2,7 +2,7 @@
 
 from api.config import Settings
 from api.core.aws import standard_region
-from api.database.sqlite_store import SQLiteStore
+from api.database.sqlite import SQLiteStore
 from api.database.store import Store
 
 

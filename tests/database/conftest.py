@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from api.database.sqlite_store import SQLiteStore
+from api.database.sqlite import SQLiteStore
 from api.database.store import Store
 from tests import moto_server
 

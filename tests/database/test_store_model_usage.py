@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 import pytest
 
-from api.database.sqlite_store import SQLiteStore
+from api.database.sqlite import SQLiteStore
 from api.database.store import ACTIVE_BUILD_STATUSES, FINAL_BUILD_STATUSES, Record, Store
 from tests import moto_server
 from tests.database.test_store_contract import (

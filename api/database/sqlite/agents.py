@@ -1,0 +1,162 @@
+"""Agents and their invocations on SQLite."""
+
+import sqlite3
+from typing import Any
+
+from api.database.sqlite.connection import (
+    SQLiteConnection,
+    bump,
+    bump_daily,
+    column_value,
+    insert,
+    keyset_page,
+    to_record,
+)
+from api.database.store import (
+    HELD_BUILD_STATUSES,
+    Page,
+    Record,
+    check_record_size,
+    invocation_deltas,
+)
+
+
+def adjust_agent_count(conn: sqlite3.Connection, status: str | None, delta: int) -> None:
+    if status in ("running", "offline"):
+        bump(conn, f"agents_{status}", delta)
+
+
+def delete_agents(conn: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> None:
+    agents = conn.execute(f"SELECT agent_id, status FROM agents WHERE {where}", params).fetchall()
+    for agent in agents:
+        adjust_agent_count(conn, agent["status"], -1)
+        agent_id = agent["agent_id"]
+        conn.execute(
+            "DELETE FROM messages WHERE session_id IN "
+            "(SELECT session_id FROM sessions WHERE agent_id = ?)", (agent_id,))
+        conn.execute("DELETE FROM sessions WHERE agent_id = ?", (agent_id,))
+        conn.execute("DELETE FROM invocations WHERE agent_id = ?", (agent_id,))
+        conn.execute("DELETE FROM agent_capabilities WHERE agent_id = ?", (agent_id,))
+        conn.execute("DELETE FROM agents WHERE agent_id = ?", (agent_id,))
+
+
+class SQLiteAgents(SQLiteConnection):
+    """AgentStore on SQLite."""
+
+    async def put_agent(self, *, agent: Record, expect_owner: str | None = None) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            if expect_owner is not None and conn.execute(
+                    f"SELECT 1 FROM builds WHERE build_id = ? AND owner = ? AND status IN {HELD_BUILD_STATUSES}",
+                    (agent["build_id"], expect_owner)).fetchone() is None:
+                return False
+            existing = conn.execute("SELECT status, created_at FROM agents WHERE agent_id = ?",
+                                    (agent["agent_id"],)).fetchone()
+            if existing is None:
+                insert(conn, "agents", agent)
+                created_at = agent["created_at"]
+            else:
+                check_record_size(agent)
+                adjust_agent_count(conn, existing["status"], -1)
+                changes = {k: v for k, v in agent.items() if k not in ("agent_id", "created_at")}
+                conn.execute(
+                    f"UPDATE agents SET {', '.join(f'{column} = ?' for column in changes)} "
+                    "WHERE agent_id = ?",
+                    [*(column_value(c, v) for c, v in changes.items()), agent["agent_id"]])
+                created_at = existing["created_at"]
+            adjust_agent_count(conn, agent["status"], 1)
+            self._index_capabilities(conn, agent["agent_id"], created_at, agent["capabilities"])
+            return True
+
+        return await self._write("put_agent", work)
+
+    @staticmethod
+    def _index_capabilities(conn: sqlite3.Connection, agent_id: str, created_at: str,
+                            capabilities: list[str]) -> None:
+        conn.execute("DELETE FROM agent_capabilities WHERE agent_id = ?", (agent_id,))
+        conn.executemany(
+            "INSERT INTO agent_capabilities (capability, created_at, agent_id) VALUES (?, ?, ?)",
+            [(capability, created_at, agent_id) for capability in dict.fromkeys(capabilities)])
+
+    async def get_agent(self, *, agent_id: str) -> Record | None:
+        return await self._read("get_agent", lambda conn: to_record(conn.execute(
+            "SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()))
+
+    async def list_agents(self, *, limit: int, last_key: str | None, project_id: str | None = None,
+                          status: str | None = None, category: str | None = None,
+                          capabilities: list[str] | None = None) -> Page:
+        where, params = [], []
+        for column, value in (("project_id", project_id), ("status", status), ("category", category)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if capabilities:
+            where.append(
+                "agent_id IN (SELECT agent_id FROM agent_capabilities WHERE capability IN "
+                f"({', '.join('?' * len(capabilities))}))")
+            params.extend(capabilities)
+        return await self._read("list_agents", lambda conn: keyset_page(
+            conn, select="SELECT * FROM agents", where=where, params=params,
+            keys=("created_at", "agent_id"), descending=True, limit=limit, last_key=last_key))
+
+    async def update_agent(self, *, agent_id: str, changes: Record) -> Record | None:
+        def work(conn: sqlite3.Connection) -> Record | None:
+            current = to_record(conn.execute("SELECT * FROM agents WHERE agent_id = ?",
+                                        (agent_id,)).fetchone())
+            if current is None:
+                return None
+            check_record_size({**current, **changes})
+            conn.execute(
+                f"UPDATE agents SET {', '.join(f'{column} = ?' for column in changes)} "
+                "WHERE agent_id = ?",
+                [*(column_value(c, v) for c, v in changes.items()), agent_id])
+            if "status" in changes and changes["status"] != current["status"]:
+                adjust_agent_count(conn, current["status"], -1)
+                adjust_agent_count(conn, changes["status"], 1)
+            if "capabilities" in changes:
+                self._index_capabilities(conn, agent_id, current["created_at"],
+                                         changes["capabilities"])
+            return to_record(conn.execute("SELECT * FROM agents WHERE agent_id = ?",
+                                     (agent_id,)).fetchone())
+
+        return await self._write("update_agent", work)
+
+    async def delete_agent(self, *, agent_id: str) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            exists = conn.execute("SELECT 1 FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+            delete_agents(conn, "agent_id = ?", (agent_id,))
+            return exists is not None
+
+        return await self._write("delete_agent", work)
+
+    async def record_invocation(self, *, invocation: Record, messages: list[Record]) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            stats, totals = invocation_deltas(invocation)
+            updated = conn.execute(
+                f"UPDATE agents SET {''.join(f'{column} = {column} + ?, ' for column in stats)}"
+                "last_invoked_at = ? WHERE agent_id = ?",
+                (*stats.values(), invocation["created_at"], invocation["agent_id"])).rowcount
+            if not updated:
+                raise LookupError(f"agent {invocation['agent_id']} no longer exists")
+            insert(conn, "invocations", invocation)
+            for name, delta in totals.items():
+                if delta:
+                    bump(conn, name, delta)
+                    bump_daily(conn, invocation["created_at"], name, delta)
+            if messages:
+                session_id = messages[0]["session_id"]
+                seq = conn.execute("SELECT message_count FROM sessions WHERE session_id = ?",
+                                   (session_id,)).fetchone()
+                if seq is None:
+                    raise LookupError(f"session {session_id} no longer exists")
+                for offset, message in enumerate(messages, start=1):
+                    insert(conn, "messages", {**message, "seq": seq[0] + offset})
+                conn.execute(
+                    "UPDATE sessions SET message_count = message_count + ?, last_active_at = ? "
+                    "WHERE session_id = ?", (len(messages), messages[-1]["created_at"], session_id))
+
+        await self._write("record_invocation", work)
+
+    async def list_invocations(self, *, agent_id: str, limit: int, last_key: str | None) -> Page:
+        return await self._read("list_invocations", lambda conn: keyset_page(
+            conn, select="SELECT * FROM invocations", where=["agent_id = ?"], params=[agent_id],
+            keys=("created_at", "invocation_id"), descending=True, limit=limit, last_key=last_key))

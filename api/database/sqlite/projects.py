@@ -1,0 +1,201 @@
+"""Projects, their builds, build logs and artifacts on SQLite."""
+
+import sqlite3
+from collections.abc import Sequence
+
+from api.database.sqlite.agents import delete_agents
+from api.database.sqlite.connection import (
+    SQLiteConnection,
+    bump,
+    bump_daily,
+    column_value,
+    insert,
+    keyset_page,
+    to_record,
+    to_records,
+)
+from api.database.store import (
+    ACTIVE_BUILD_STATUSES,
+    FINAL_BUILD_STATUSES,
+    PROJECT_STATUS_FOR_BUILD,
+    Page,
+    Record,
+    build_token_deltas,
+    check_record_size,
+)
+
+
+def _count_finished_build(conn: sqlite3.Connection, build: Record) -> None:
+    """Aggregates for a build that reached a final status (in the same transaction)."""
+    status = build["status"]
+    bump(conn, "builds_active", -1)
+    bump(conn, f"builds_{status}", 1)
+    finished_at = build["finished_at"]
+    for name, tokens in build_token_deltas(build).items():
+        if tokens:
+            bump(conn, name, tokens)
+            bump_daily(conn, finished_at, name, tokens)
+    if status == "succeeded":
+        bump(conn, "build_seconds_succeeded", build["duration_seconds"] or 0.0)
+        bump_daily(conn, finished_at, "builds_succeeded", 1)
+        bump_daily(conn, finished_at, "build_seconds_succeeded", build["duration_seconds"] or 0.0)
+    elif status == "failed":
+        bump_daily(conn, finished_at, "builds_failed", 1)
+        stage = (build.get("error") or {}).get("stage") or "unknown"
+        conn.execute(
+            "INSERT INTO daily_failed_stages (date, stage, count) VALUES (?, ?, 1) "
+            "ON CONFLICT (date, stage) DO UPDATE SET count = count + 1",
+            (finished_at[:10], stage),
+        )
+
+
+def mirror_on_project(conn: sqlite3.Connection, build: Record) -> None:
+    """A project's status, progress and stage follow its latest build."""
+    conn.execute(
+        "UPDATE projects SET status = ?, progress = ?, current_stage = ?, updated_at = ? "
+        "WHERE project_id = ? AND latest_build_id = ?",
+        (PROJECT_STATUS_FOR_BUILD[build["status"]], build["progress"], build["current_stage"],
+         build["updated_at"], build["project_id"], build["build_id"]),
+    )
+
+
+def _append_build_logs(conn: sqlite3.Connection, build_id: str, entries: Sequence[Record]) -> None:
+    seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM build_logs WHERE build_id = ?",
+                       (build_id,)).fetchone()[0]
+    conn.executemany(
+        "INSERT INTO build_logs (build_id, seq, stage, timestamp, level, message) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(build_id, seq + offset, entry["stage"], entry["timestamp"], entry["level"],
+          entry["message"]) for offset, entry in enumerate(entries, start=1)])
+
+
+def _put_artifacts(conn: sqlite3.Connection, artifacts: Sequence[Record]) -> None:
+    for artifact in artifacts:
+        check_record_size(artifact)
+    conn.executemany(
+        "INSERT INTO artifacts (project_id, path, build_id, stage, content, size, created_at) "
+        "VALUES (:project_id, :path, :build_id, :stage, :content, :size, :created_at) "
+        "ON CONFLICT (project_id, path) DO UPDATE SET build_id = excluded.build_id, "
+        "stage = excluded.stage, content = excluded.content, size = excluded.size, "
+        "created_at = excluded.created_at", artifacts)
+
+
+class SQLiteProjects(SQLiteConnection):
+    """ProjectStore on SQLite."""
+
+    async def create_project(self, *, project: Record, build: Record) -> None:
+        def work(conn: sqlite3.Connection) -> None:
+            insert(conn, "projects", project)
+            insert(conn, "builds", build)
+            bump(conn, "builds_total", 1)
+            bump(conn, "builds_active", 1)
+            bump_daily(conn, build["created_at"], "builds_total", 1)
+
+        await self._write("create_project", work)
+
+    async def get_project(self, *, project_id: str) -> Record | None:
+        return await self._read("get_project", lambda conn: to_record(conn.execute(
+            "SELECT * FROM projects WHERE project_id = ?", (project_id,)).fetchone()))
+
+    async def list_projects(self, *, limit: int, last_key: str | None, status: str | None = None,
+                            user_id: str | None = None) -> Page:
+        where, params = [], []
+        for column, value in (("user_id", user_id), ("status", status)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        return await self._read("list_projects", lambda conn: keyset_page(
+            conn, select="SELECT * FROM projects", where=where, params=params,
+            keys=("created_at", "project_id"), descending=True, limit=limit, last_key=last_key))
+
+    async def delete_project(self, *, project_id: str) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            if conn.execute("DELETE FROM projects WHERE project_id = ?", (project_id,)).rowcount == 0:
+                return False
+            active = conn.execute(
+                f"SELECT count(*) FROM builds WHERE project_id = ? AND status IN "
+                f"{ACTIVE_BUILD_STATUSES}", (project_id,)).fetchone()[0]
+            if active:
+                bump(conn, "builds_active", -active)
+                bump(conn, "builds_cancelled", active)
+            conn.execute(
+                "DELETE FROM build_logs WHERE build_id IN "
+                "(SELECT build_id FROM builds WHERE project_id = ?)", (project_id,))
+            conn.execute("DELETE FROM builds WHERE project_id = ?", (project_id,))
+            conn.execute("DELETE FROM artifacts WHERE project_id = ?", (project_id,))
+            delete_agents(conn, "project_id = ?", (project_id,))
+            return True
+
+        return await self._write("delete_project", work)
+
+    async def add_build(self, *, build: Record) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            latest = conn.execute(
+                "SELECT b.status FROM projects p LEFT JOIN builds b ON b.build_id = p.latest_build_id "
+                "WHERE p.project_id = ?", (build["project_id"],)).fetchone()
+            if latest is None or latest["status"] in ACTIVE_BUILD_STATUSES:
+                return False
+            insert(conn, "builds", build)
+            conn.execute(
+                "UPDATE projects SET latest_build_id = ?, status = ?, progress = ?, "
+                "current_stage = ?, updated_at = ? WHERE project_id = ?",
+                (build["build_id"], PROJECT_STATUS_FOR_BUILD[build["status"]], build["progress"],
+                 build["current_stage"], build["created_at"], build["project_id"]))
+            bump(conn, "builds_total", 1)
+            bump(conn, "builds_active", 1)
+            bump_daily(conn, build["created_at"], "builds_total", 1)
+            return True
+
+        return await self._write("add_build", work)
+
+    async def get_build(self, *, build_id: str) -> Record | None:
+        return await self._read("get_build", lambda conn: to_record(conn.execute(
+            "SELECT * FROM builds WHERE build_id = ?", (build_id,)).fetchone()))
+
+    async def list_builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page:
+        return await self._read("list_builds", lambda conn: keyset_page(
+            conn, select="SELECT * FROM builds", where=["project_id = ?"], params=[project_id],
+            keys=("created_at", "build_id"), descending=True, limit=limit, last_key=last_key))
+
+    async def update_build(self, *, build_id: str, changes: Record, expect_status: tuple[str, ...],
+                           expect_owner: str | None = None, logs: Sequence[Record] = (),
+                           artifacts: Sequence[Record] = ()) -> bool:
+        def work(conn: sqlite3.Connection) -> bool:
+            current = to_record(conn.execute("SELECT * FROM builds WHERE build_id = ?",
+                                        (build_id,)).fetchone())
+            if current is None or current["status"] not in expect_status:
+                return False
+            if expect_owner is not None and current["owner"] != expect_owner:
+                return False
+            updated = {**current, **changes}
+            check_record_size(updated)
+            columns = list(changes)
+            conn.execute(
+                f"UPDATE builds SET {', '.join(f'{column} = ?' for column in columns)} "
+                "WHERE build_id = ?",
+                [*(column_value(column, changes[column]) for column in columns), build_id])
+            if updated["status"] != current["status"] and updated["status"] in FINAL_BUILD_STATUSES:
+                _count_finished_build(conn, updated)
+            mirror_on_project(conn, updated)
+            if logs:
+                _append_build_logs(conn, build_id, logs)
+            if artifacts:
+                _put_artifacts(conn, artifacts)
+            return True
+
+        return await self._write("update_build", work)
+
+    async def list_build_logs(self, *, build_id: str, stage: str) -> list[Record]:
+        return await self._read("list_build_logs", lambda conn: to_records(conn.execute(
+            "SELECT stage, timestamp, level, message FROM build_logs "
+            "WHERE build_id = ? AND stage = ? ORDER BY seq", (build_id, stage)).fetchall()))
+
+    async def list_artifacts(self, *, project_id: str) -> list[Record]:
+        return await self._read("list_artifacts", lambda conn: to_records(conn.execute(
+            "SELECT project_id, path, build_id, stage, size, created_at FROM artifacts "
+            "WHERE project_id = ? ORDER BY path", (project_id,)).fetchall()))
+
+    async def get_artifact(self, *, project_id: str, path: str) -> Record | None:
+        return await self._read("get_artifact", lambda conn: to_record(conn.execute(
+            "SELECT * FROM artifacts WHERE project_id = ? AND path = ?",
+            (project_id, path)).fetchone()))
