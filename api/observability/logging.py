@@ -1,30 +1,26 @@
-"""JSON log lines, with secrets masked, written by one thread to the files the operator's guide names.
+"""JSON log lines, with secrets masked, to the files the operator's guide names (and stdout).
 
 Every record becomes one JSON object in the thread that logged it (only there are its context
-variables and arguments right), then goes through an unbounded queue to a writer thread, so a
-slow disk never blocks the event loop. The writer gathers lines for a few milliseconds and
-appends each batch of whole lines with a single write() on an O_APPEND descriptor, so several
-worker processes can share one file, and reopens a file that was moved or deleted (logrotate
-with `create`) or when asked to (SIGHUP).
+variables and arguments right), then goes through a bounded queue per sink to that sink's
+writer thread (`api.observability.log_sinks`), so a slow disk never blocks the event loop and
+a blocked sink never stops the others.
 """
 
 import atexit
 import json
 import logging
-import os
-import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from logging.handlers import QueueHandler
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from api.config import Settings
 from api.core.clock import iso_timestamp
 from api.core.context import current_context
 from api.core.redaction import redact, redact_text
+from api.observability.log_sinks import Fanout, LogFile, LogStream, Sink
 
 ACCESS_LOGGER = "api.access"
 
@@ -91,167 +87,31 @@ def log_access(**fields: Any) -> None:
     _writer.put_nowait((ACCESS_LOGGER, (_dumps(entry) + "\n").encode()))
 
 
-# -- writing -----------------------------------------------------------------------------------
-class _LogFile:
-    """Appends lines to one file, reopening it when it was moved or deleted, or after close()."""
-
-    def __init__(self, path: Path, accepts: Callable[[str], bool]) -> None:
-        self.path = path
-        self.accepts = accepts
-        self._fd: int | None = None
-        self._identity: tuple[int, int] | None = None
-
-    def write(self, data: bytes) -> None:
-        if self._fd is None or self._moved():
-            self._open()
-        assert self._fd is not None
-        while data:
-            data = data[os.write(self._fd, data):]
-
-    def _moved(self) -> bool:
-        try:
-            stat = os.stat(self.path)
-        except FileNotFoundError:
-            return True
-        return (stat.st_dev, stat.st_ino) != self._identity
-
-    def _open(self) -> None:
-        self.close()
-        # 0640 as in the guide's logrotate `create 0640`.
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        stat = os.fstat(self._fd)
-        self._identity = (stat.st_dev, stat.st_ino)
-
-    def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-class _Stream:
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-
-    def accepts(self, name: str) -> bool:
-        return True
-
-    def write(self, data: bytes) -> None:
-        self.stream.write(data.decode())
-        self.stream.flush()
-
-    def close(self) -> None:
-        pass
-
-
-_STOP = object()
-_REOPEN = object()
-# The writer wakes at most this often under load, and writes at most this many lines at once.
-BATCH_SECONDS = 0.01
-BATCH_LINES = 1000
-
-
-class _Writer(threading.Thread):
-    """The only thread that touches the log files, until `write_directly()`.
-
-    It is the QueueHandler's queue: `put_nowait` hands it a line.
-    """
-
-    def __init__(self, sinks: list[_LogFile | _Stream]) -> None:
-        super().__init__(name="log-writer", daemon=True)
-        self.sinks = sinks
-        self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.direct = False
-        self.lock = threading.Lock()  # held while writing
-        self._switching = threading.Lock()  # held only to read or flip `direct`: never blocks
-
-    def put_nowait(self, item: Any) -> None:
-        with self._switching:
-            if not self.direct:
-                self.queue.put_nowait(item)
-                return
-        with self.lock:
-            self._handle_batch([item])
-
-    def run(self) -> None:
-        while True:
-            batch = [self.queue.get()]
-            # Let lines gather, then write them together: waking for every line would take the
-            # GIL from the event loop once per request.
-            time.sleep(BATCH_SECONDS)
-            while len(batch) < BATCH_LINES:
-                try:
-                    batch.append(self.queue.get_nowait())
-                except queue.Empty:
-                    break
-            with self.lock:
-                if not self._handle_batch(batch):
-                    return
-
-    def _handle_batch(self, batch: list[Any]) -> bool:
-        """Write the lines with one write per sink; False once _STOP was among them."""
-        pending: list[tuple[str, bytes]] = []
-        for item in batch:
-            if item is _STOP or item is _REOPEN:
-                self._write_lines(pending)
-                pending = []
-                if item is _STOP:
-                    return False
-                for sink in self.sinks:
-                    sink.close()
-            else:
-                pending.append(item)
-        self._write_lines(pending)
-        return True
-
-    def _write_lines(self, lines: list[tuple[str, bytes]]) -> None:
-        for sink in self.sinks:
-            data = b"".join(data for name, data in lines if sink.accepts(name))
-            if data:
-                self._write(sink, data)
-
-    @staticmethod
-    def _write(sink: _LogFile | _Stream, data: bytes) -> None:
-        try:
-            sink.write(data)
-        except OSError as exc:
-            # Nowhere left to log to: say so on stderr, still as JSON.
-            sys.stderr.write(json.dumps({"level": "ERROR", "logger": __name__,
-                                         "message": f"Cannot write log line: {exc}"}) + "\n")
-
-    def write_directly(self, timeout: float) -> None:
-        """Drain the queue, then write each later line in the thread that logs it."""
-        with self._switching:
-            if self.direct:
-                return
-            # Every earlier line is queued before _STOP, and the thread writes it.
-            self.direct = True
-            self.queue.put_nowait(_STOP)
-        self.join(timeout)
-
-    def stop(self, timeout: float) -> None:
-        self.write_directly(timeout)
-        with self.lock:
-            for sink in self.sinks:
-                sink.close()
-
-
-_writer: _Writer | None = None
+_writer: Fanout | None = None
 _handler: _JsonQueueHandler | None = None
 
 
-def _sinks(settings: Settings) -> list[_LogFile | _Stream]:
+def _notice(level: str, message: str, fields: dict[str, Any]) -> bytes:
+    """A line of the log pipeline's own (a sink started or stopped dropping lines): without the
+    context of the request that happened to log the line that tipped it."""
+    entry = {"timestamp": iso_timestamp(time.time()), "level": level, "logger": __name__,
+             "message": message, **fields}
+    return (_dumps(entry) + "\n").encode()
+
+
+def _sinks(settings: Settings) -> list[Sink]:
     log_dir = settings.log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
-    sinks: list[_LogFile | _Stream]
+    sinks: list[Sink]
     if settings.environment == "production":
         sinks = [
-            _LogFile(log_dir / "access.log", lambda name: name == ACCESS_LOGGER),
-            _LogFile(log_dir / "error.log", lambda name: name != ACCESS_LOGGER),
+            LogFile(log_dir / "access.log", lambda name: name == ACCESS_LOGGER),
+            LogFile(log_dir / "error.log", lambda name: name != ACCESS_LOGGER),
         ]
     else:
-        sinks = [_LogFile(log_dir / "api.log", lambda name: True)]
+        sinks = [LogFile(log_dir / "api.log", lambda name: True)]
     if settings.log_stdout:
-        sinks.append(_Stream(sys.stdout))
+        sinks.append(LogStream(sys.stdout))
     return sinks
 
 
@@ -266,7 +126,7 @@ def configure_logging(settings: Settings) -> None:
     if _writer is not None:
         root.removeHandler(_handler)
         _writer.stop(timeout=5.0)
-    _writer = _Writer(_sinks(settings))
+    _writer = Fanout(_sinks(settings), _notice)
     _writer.start()
     _handler = _JsonQueueHandler(_writer)  # type: ignore[arg-type]
     _handler.setFormatter(JsonFormatter())
@@ -297,7 +157,7 @@ def reopen_log_files() -> None:
     """Reopen every log file at its next line (logrotate moved them). For a SIGHUP handler
     installed with loop.add_signal_handler, which runs it as an ordinary callback."""
     if _writer is not None:
-        _writer.put_nowait(_REOPEN)
+        _writer.reopen()
 
 
 def write_logs_directly(timeout: float = 5.0) -> None:

@@ -110,8 +110,12 @@ model_time_to_first_token_seconds = Histogram(
     MODEL_LABELS, buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 model_tokens_total = Counter(
     "model_tokens_total", "Tokens of model calls, by type (input, output).", [*MODEL_LABELS, "type"])
+log_lines_dropped_total = Counter(
+    "log_lines_dropped_total", "Log lines a sink could not take (its queue was full), by sink.",
+    ["sink"])
 
-# -- recording (called by the middleware, the store observer and the build engine) -------------
+# -- recording (called by the middleware, the store observer, the build engine, the log sinks) --
+
 def is_excluded(path: str) -> bool:
     """Probes and scrapes would drown the request series; they are not counted."""
     return path == "/metrics" or path == "/health" or path.startswith("/health/")
@@ -177,6 +181,10 @@ def record_invocation(*, status: str, seconds: float) -> None:
     agent_invocations_total.labels(status).inc()
     agent_invocation_duration_seconds.observe(seconds)
 
+
+
+def record_log_lines_dropped(*, sink: str) -> None:
+    log_lines_dropped_total.labels(sink).inc()
 
 
 def record_model_call(*, provider: str, model: str, operation: str, outcome: str, seconds: float,
