@@ -51,10 +51,20 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.code, exc.message, details=exc.details)
 
 
+def _error_message(error: dict[str, Any], content_type: str) -> str:
+    """Pydantic's message; for a body that is not an object because it was not sent as JSON
+    (a form post), what to send instead."""
+    if tuple(error["loc"]) == ("body",) and not content_type.startswith("application/json"):
+        return (f"The body must be a JSON object sent with Content-Type: application/json; this "
+                f"request's Content-Type is {content_type or 'missing'}")
+    return str(error["msg"])
+
+
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    content_type = request.headers.get("content-type", "").lower()
     details = [
         {"field": _field_name(error), "location": str(error["loc"][0]),
-         "message": error["msg"], "type": error["type"]}
+         "message": _error_message(error, content_type), "type": error["type"]}
         for error in exc.errors()
     ]
     fields = ", ".join(dict.fromkeys(detail["field"] for detail in details))

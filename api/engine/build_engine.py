@@ -319,16 +319,20 @@ class BuildEngine:
         """Cancel an active build: its unfinished stages are skipped and its run (here or on
         another instance, at its next write) ends with its model call."""
         stages = build["stages"]
-        for stage in stages:
-            if stage["status"] in ("pending", "running"):
-                stage["status"] = "skipped"
+        for step in (step for stage in stages for step in (stage, *stage["sub_stages"])):
+            if step["status"] in ("pending", "running"):
+                step["status"] = "skipped"
         now = utc_now()
+        # A build stopped before it started has no duration; one stopped later ran until now.
+        duration = _seconds_between(build["started_at"], now) if build["started_at"] else None
         if not await self.store.update_build(
                 build_id=build["build_id"], expect_status=ACTIVE_BUILD_STATUSES, changes={
                     "status": "cancelled", "finished_at": now, "updated_at": now, "owner": None,
-                    "lease_until": None, "stages": stages, "current_stage": None}):
+                    "lease_until": None, "stages": stages, "current_stage": None,
+                    "duration_seconds": duration}):
             return False
         self._abandon(build["build_id"])
+        metrics.record_build_finished(status="cancelled", duration_seconds=duration)
         return True
 
     async def delete_project(self, project: Record) -> bool:

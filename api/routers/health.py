@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from api import __version__
+from api.config import Settings
 from api.core.clock import utc_now
 from api.core.envelope import error_response, ok
 from api.observability import db_observer
@@ -58,8 +59,13 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/health/detailed")
 async def detailed(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
     database, aws_credentials = await asyncio.gather(
         check_database(request.app.state.store), check_aws_credentials())
+    if aws_credentials["status"] == "not_configured" and not _uses_aws(settings):
+        aws_credentials = {"status": "not_needed", "message": (
+            f"No AWS credentials found; none are needed (STORAGE_BACKEND={settings.storage_backend}, "
+            f"MODEL_PROVIDER={settings.model_provider})")}
     return ok({
         **_status("healthy" if database["status"] == "healthy" else "degraded"),
         "checks": {"database": database, "aws_credentials": aws_credentials,
@@ -88,6 +94,10 @@ def check_model_provider(request: Request) -> dict[str, Any]:
     """The probe's cached result (no I/O)."""
     probe: ModelProbe = request.app.state.model_probe
     return probe.snapshot()
+
+
+def _uses_aws(settings: Settings) -> bool:
+    return settings.storage_backend == "dynamodb" or settings.model_provider == "bedrock"
 
 
 async def check_aws_credentials() -> dict[str, Any]:

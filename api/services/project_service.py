@@ -25,6 +25,18 @@ ACTION_FROM = {
     "restart": ("succeeded", "failed", "cancelled"),
 }
 BUILD_PRIVATE_FIELDS = ("context", "owner", "lease_until")
+# As long as a given `project_name` may be.
+MAX_DEFAULT_NAME = 80
+
+
+def default_project_name(requirement: str) -> str:
+    """The requirement's first line, cut at a word boundary (and marked …) when it is long."""
+    line = requirement.strip().splitlines()[0].strip()
+    if len(line) <= MAX_DEFAULT_NAME:
+        return line
+    head = line[:MAX_DEFAULT_NAME - 1]
+    words = head.rsplit(" ", 1)[0] if " " in head else head
+    return words.rstrip(" ,;:.-") + "…"
 
 
 def build_public(build: Record) -> Record:
@@ -65,7 +77,7 @@ class ProjectService:
         bind(project_id=project_id, user_id=body.user_id)
         project, build = await self.engine.create(project={
             "project_id": project_id, "user_id": body.user_id,
-            "project_name": body.project_name or body.requirement.splitlines()[0][:80].strip(),
+            "project_name": body.project_name or default_project_name(body.requirement),
             "requirement": body.requirement, "priority": body.priority, "tags": body.tags,
         })
         logger.info("Project created successfully",

@@ -1,6 +1,8 @@
 """Control actions act on the running build, not only on a stored field."""
 
 import asyncio
+import re
+from datetime import datetime
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -106,6 +108,7 @@ async def test_stop_cancels_mid_stage(tmp_path: Path) -> None:
             return stage["status"] == "running"
 
         await wait_for(orchestrating, what="the first stage to run")
+        cancelled_before = await _cancelled_builds_counted(api)
         stopped = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
                                  json={"action": "stop"})
         assert stopped["status"] == "stopped"
@@ -117,12 +120,27 @@ async def test_stop_cancels_mid_stage(tmp_path: Path) -> None:
         assert orchestrator["status"] == "skipped"
         assert not any("completed" in line["message"] for line in orchestrator["logs"])
         assert {s["status"] for s in stopped["stages_snapshot"]} == {"skipped"}
+        # Sub-stages go with their stage; the build ran from its start until the stop.
+        assert {sub["status"] for s in stopped["stages_snapshot"] for sub in s["sub_stages"]} == {"skipped"}
+        build = stopped["latest_build"]
+        assert build["duration_seconds"] == pytest.approx(
+            (datetime.fromisoformat(build["finished_at"]) - datetime.fromisoformat(build["started_at"]))
+            .total_seconds(), abs=1e-3)
+        assert build["duration_seconds"] > 0
+        assert await _cancelled_builds_counted(api) == cancelled_before + 1
 
         again = await api.call("PUT", f"/api/v1/projects/{project_id}/control",
                                json={"action": "stop"}, expect=409)
         assert again["code"] == "INVALID_STATE"
         overview = await api.call("GET", "/api/v1/statistics/overview")
         assert (overview["active_builds"], overview["total_builds"], overview["failed_builds"]) == (0, 1, 0)
+
+
+async def _cancelled_builds_counted(api: Api) -> float:
+    """builds_total{status="cancelled"} in /metrics (the registry is the test process's)."""
+    found = re.search(r'^builds_total\{status="cancelled"\} (\S+)$',
+                      (await api.client.get("/metrics")).text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
 
 
 async def _not_running(app: Any, build_id: str) -> bool:

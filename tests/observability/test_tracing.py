@@ -179,3 +179,14 @@ async def test_the_access_line_follows_the_log_level_and_masks_the_path(tmp_path
     line = access_line(settings, "masked")
     assert (line["path"], line["status_code"], line["logger"]) == ("/api/v1/projects/token=***", 404, "api.access")
     assert "s3cr3tvalue" not in (settings.log_dir / "api.log").read_text()
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+async def test_the_documentation_pages_are_counted_under_their_own_route(
+        client: httpx.AsyncClient, settings: Settings, path: str) -> None:
+    request_id = f"docs-{uuid.uuid4().hex[:8]}"
+    response = await client.get(path, headers={"X-Request-ID": request_id})
+    assert response.status_code == 200
+    assert access_line(settings, request_id)["route"] == path
+    series = f'http_requests_total{{method="GET",route="{path}",status="200"}}'
+    assert series in (await client.get("/metrics")).text

@@ -205,6 +205,19 @@ async def test_a_bad_value_under_a_resource_is_a_validation_error_naming_the_fie
     assert_names_field(assert_error(response, 400, "VALIDATION_ERROR"), field)
 
 
+async def test_a_form_post_is_told_to_send_json(api: Api) -> None:
+    response = await api.client.post(PROJECTS, data={"requirement": REQUIREMENT})
+    error = assert_error(response, 400, "VALIDATION_ERROR")
+    assert [detail["field"] for detail in error["details"]] == ["body"]
+    assert error["details"][0]["message"] == (
+        "The body must be a JSON object sent with Content-Type: application/json; this "
+        "request's Content-Type is application/x-www-form-urlencoded")
+    # A JSON body that is not an object keeps pydantic's own words.
+    listed = assert_error(await api.client.post(PROJECTS, json=[REQUIREMENT]), 400, "VALIDATION_ERROR")
+    assert "Content-Type" not in listed["details"][0]["message"]
+    assert (await api.call("GET", PROJECTS))["count"] == 0
+
+
 async def snapshot(api: Api, world: dict[str, str]) -> dict[str, Any]:
     """Everything a client can read about the world (the API call counter aside)."""
     overview = await api.call("GET", "/api/v1/statistics/overview")
