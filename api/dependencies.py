@@ -6,8 +6,11 @@ thread pool, two thread hand-offs per request for an attribute read (docs/PERFOR
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
 from api.config import Settings
+from api.core.errors import ValidationFailed
 from api.database.store import Page, Store
 from api.services.agent_service import AgentService
 from api.services.project_service import ProjectService
@@ -36,6 +39,35 @@ async def _statistics(request: Request) -> StatisticsService:
 
 async def count_api_call(request: Request) -> None:
     request.app.state.api_calls.count()
+
+
+# Each /api/v1 route's query parameter names, by id(route): routes compare by value and so
+# are not hashable, and they live as long as the app.
+_query_names: dict[int, frozenset[str]] = {}
+
+
+def _query_params_of(dependant: Dependant) -> frozenset[str]:
+    """The query parameters of an endpoint and of every dependency it declares."""
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_params_of(dependency)
+    return frozenset(names)
+
+
+async def refuse_unknown_query_params(request: Request) -> None:
+    """Refuse a query parameter the route does not take, as unknown body fields are refused:
+    a misspelt filter (`?stauts=failed`) would otherwise list everything without a word."""
+    if not request.query_params:
+        return
+    route: APIRoute = request.scope["route"]
+    known = _query_names.get(id(route))
+    if known is None:
+        known = _query_names[id(route)] = _query_params_of(route.dependant)
+    unknown = [name for name in request.query_params if name not in known]
+    if unknown:
+        takes = ", ".join(sorted(known)) or "no query parameters"
+        raise ValidationFailed(unknown[0], f"not a query parameter of {request.method} "
+                                           f"{request.url.path} (it takes {takes})")
 
 
 SettingsDep = Annotated[Settings, Depends(_settings)]

@@ -19,7 +19,7 @@ from api import __version__, instrumentation
 from api.config import Settings, get_settings
 from api.core.handlers import register_error_handlers
 from api.database.factory import create_store
-from api.dependencies import count_api_call
+from api.dependencies import count_api_call, refuse_unknown_query_params
 from api.engine.build_engine import BuildEngine
 from api.engine.stage_work import StageWorker
 from api.middleware.body_limit import BodySizeLimitMiddleware
@@ -129,7 +129,8 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
     app.state.draining = False
     register_error_handlers(app)
     instrumentation.include_routes(app)
-    v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(count_api_call)])
+    v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(count_api_call),
+                                                   Depends(refuse_unknown_query_params)])
     for module in (projects, agents, sessions, statistics):
         v1.include_router(module.router)
     app.include_router(v1)

@@ -205,6 +205,22 @@ async def test_a_bad_value_under_a_resource_is_a_validation_error_naming_the_fie
     assert_names_field(assert_error(response, 400, "VALIDATION_ERROR"), field)
 
 
+@pytest.mark.parametrize(("path", "params", "unknown", "takes"), [
+    ("/api/v1/projects", {"stauts": "failed"}, "stauts", "last_key, limit, status, user_id"),
+    ("/api/v1/agents", {"limit": "5", "category": "finance", "tag": "x"}, "tag",
+     "capabilities, category, last_key, limit, project_id, status"),
+    ("/api/v1/statistics/overview", {"days": "7"}, "days", "no query parameters"),
+])
+async def test_an_unknown_query_parameter_is_refused_like_an_unknown_body_field(
+        api: Api, path: str, params: dict[str, str], unknown: str, takes: str) -> None:
+    error = assert_error(await api.client.get(path, params=params), 400, "VALIDATION_ERROR")
+    assert_names_field(error, unknown)
+    assert error["details"][0]["message"] == f"not a query parameter of GET {path} (it takes {takes})"
+    # Without it the same request is answered.
+    known = {name: value for name, value in params.items() if name != unknown}
+    assert (await api.client.get(path, params=known)).status_code == 200
+
+
 async def test_a_form_post_is_told_to_send_json(api: Api) -> None:
     response = await api.client.post(PROJECTS, data={"requirement": REQUIREMENT})
     error = assert_error(response, 400, "VALIDATION_ERROR")
