@@ -437,7 +437,11 @@ async def test_session_turns_from_two_instances_keep_one_sequence(store: DynamoD
         await other.close()
 
 
-def test_the_store_module_never_scans() -> None:
-    source = (REPO / "api" / "database" / "dynamodb_client.py").read_text()
-    assert '"Scan"' not in source and ".scan(" not in source
+def test_the_store_modules_never_scan() -> None:
+    database = REPO / "api" / "database"
+    modules = [*sorted((database / "dynamodb").glob("*.py")), database / "dynamodb_client.py"]
+    assert len(modules) > 2
+    for module in modules:
+        source = module.read_text()
+        assert '"Scan"' not in source and ".scan(" not in source, module.name
 

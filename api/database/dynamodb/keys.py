@@ -1,0 +1,61 @@
+"""The key schema: one table, its indexes, the partitions and sort keys every item lives under.
+
+docs/DYNAMODB.md describes the items, keys and indexes.
+"""
+
+from typing import Any
+
+from api.core.store_errors import InvalidValue
+from api.database.dynamodb.codec import Item, _s
+
+Key = tuple[str, str]
+
+TABLE_NAME = "platform"
+INDEXES = ("gsi1", "gsi2", "gsi3", "gsi4")
+# gsi2 lists active builds for the claim loop, which filters on these without reading items.
+CLAIM_ATTRIBUTES = ("status", "owner", "lease_until")
+
+COUNTER_SHARDS = 10
+DAILY_SHARDS = 10
+
+# Ours for key components: a prefix and a timestamp share the key.
+MAX_KEY_PART_BYTES = 900
+
+# Sort keys of the items that head each partition; '#' sorts before every child prefix.
+PROJECT_SK, BUILD_SK, AGENT_SK, STATS_SK, SESSION_SK = "#PROJECT", "#BUILD", "#AGENT", "#STATS", "#SESSION"
+# A build's log counter: small, so advancing it costs one write unit, and present exactly as
+# long as the build is, so that writes of the build's children can require it cheaply.
+LOGS_SK = "#LOGS"
+# A project's build references sort just before the project item: one Query reads both.
+BUILD_REF = "#BUILD#"
+FAILED_STAGE_PREFIX = "failed_stage#"
+CLEANUP_PK = "CLEANUP"
+
+
+def _key(pk: str, sk: str) -> Item:
+    return {"pk": _s(pk), "sk": _s(sk)}
+
+
+def _part(field_name: str, value: Any) -> str:
+    """A value used inside a key: a string short enough for DynamoDB's key limits."""
+    if not isinstance(value, str):
+        raise InvalidValue(field_name, "must be a string")
+    if len(value.encode()) > MAX_KEY_PART_BYTES:
+        raise InvalidValue(field_name, f"must be at most {MAX_KEY_PART_BYTES} bytes")
+    return value
+
+
+def _keyable(*values: Any) -> bool:
+    """Whether values can be part of a key: a lookup with any other value finds nothing."""
+    return all(isinstance(v, str) and len(v.encode()) <= MAX_KEY_PART_BYTES for v in values)
+
+
+def _position(timestamp: str, identifier: str) -> str:
+    """A list sort key: newest first by timestamp, ties broken by id, as SQLite orders them."""
+    return f"{timestamp}#{identifier}"
+
+
+def _project_status_keys(status: str, user_id: str) -> Item:
+    """A project's index keys that follow its status (its latest build's)."""
+    return {"gsi2pk": _s(f"PROJECTS#status#{status}"),
+            "gsi4pk": _s(f"PROJECTS#status_user#{status}#{user_id}")}

@@ -1,0 +1,34 @@
+"""The DynamoDB store: every domain module on one table."""
+
+import logging
+
+from api.database.dynamodb.agents import DynamoDBAgents
+from api.database.dynamodb.keys import CLEANUP_PK
+from api.database.dynamodb.leases import DynamoDBLeases
+from api.database.dynamodb.projects import DynamoDBProjects
+from api.database.dynamodb.sessions import DynamoDBSessions
+from api.database.dynamodb.statistics import DynamoDBStatistics
+from api.database.store import Store
+
+logger = logging.getLogger("api.database.dynamodb")
+
+
+class DynamoDBStore(DynamoDBProjects, DynamoDBLeases, DynamoDBAgents, DynamoDBSessions,
+                    DynamoDBStatistics, Store):
+    """The store `STORAGE_BACKEND=dynamodb` runs."""
+
+    async def _finish_interrupted_deletes(self) -> None:
+        """Each cleanup marker finished by the purge of its kind, then removed (a project's
+        purge removes its own)."""
+        markers = await self._query_all("open", partition=CLEANUP_PK, projection=("sk",))
+        for marker in markers:
+            kind, identifier = marker["sk"]["S"].split("#", 1)
+            logger.warning("Finishing an interrupted delete", extra={"kind": kind, "id": identifier})
+            if kind == "project":
+                await self._purge_project(identifier)
+                continue
+            if kind == "agent":
+                await self._purge_agent("open", identifier)
+            elif kind == "session":
+                await self._purge_partition("open", f"SESSION#{identifier}")
+            await self._batch_delete("open", [(CLEANUP_PK, marker["sk"]["S"])])
