@@ -53,11 +53,12 @@ def column_value(column: str, value: Any) -> Any:
 
 
 def insert(conn: sqlite3.Connection, table: str, record: Record) -> None:
-    check_record_size(record)
-    columns = list(record)
+    # Sized as stored: a JSON column's text is what check_record_size would count for it.
+    stored = {column: column_value(column, value) for column, value in record.items()}
+    check_record_size(stored)
     conn.execute(
-        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
-        [column_value(column, record[column]) for column in columns],
+        f"INSERT INTO {table} ({', '.join(stored)}) VALUES ({', '.join('?' * len(stored))})",
+        list(stored.values()),
     )
 
 

@@ -161,19 +161,20 @@ class SQLiteProjects(SQLiteConnection):
                            expect_owner: str | None = None, logs: Sequence[Record] = (),
                            artifacts: Sequence[Record] = ()) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
-            current = to_record(conn.execute("SELECT * FROM builds WHERE build_id = ?",
-                                        (build_id,)).fetchone())
+            row = conn.execute("SELECT * FROM builds WHERE build_id = ?", (build_id,)).fetchone()
+            current = to_record(row)
             if current is None or current["status"] not in expect_status:
                 return False
             if expect_owner is not None and current["owner"] != expect_owner:
                 return False
             updated = {**current, **changes}
-            check_record_size(updated)
-            columns = list(changes)
+            # Sized as stored, from the row's own text and the changes serialized once: every
+            # step of a build writes its stages and context (docs/PERFORMANCE.md, issue 11).
+            written = {column: column_value(column, value) for column, value in changes.items()}
+            check_record_size({**dict(row), **written})
             conn.execute(
-                f"UPDATE builds SET {', '.join(f'{column} = ?' for column in columns)} "
-                "WHERE build_id = ?",
-                [*(column_value(column, changes[column]) for column in columns), build_id])
+                f"UPDATE builds SET {', '.join(f'{column} = ?' for column in written)} "
+                "WHERE build_id = ?", [*written.values(), build_id])
             if updated["status"] != current["status"] and updated["status"] in FINAL_BUILD_STATUSES:
                 _count_finished_build(conn, updated)
             mirror_on_project(conn, updated)
