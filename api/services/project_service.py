@@ -9,7 +9,7 @@ from typing import Any
 from api.core import ids
 from api.core.context import bind
 from api.core.errors import InvalidState, NotFound, ServiceUnavailable
-from api.database.store import ACTIVE_BUILD_STATUSES, Page, Record, Store
+from api.database.store import ACTIVE_BUILD_STATUSES, PROJECT_STATUS_FOR_BUILD, Page, Record, Store
 from api.engine.build_engine import BuildEngine
 from api.engine.stages import STAGE_NAMES
 from api.schemas.projects import ProjectControl, ProjectCreate
@@ -88,7 +88,12 @@ class ProjectService:
         project = await self._project(project_id)
         build = await self._latest_build(project)
         latest = {key: value for key, value in build_public(build).items() if key != "stages"}
-        return {**project, "latest_build": latest,
+        # The project mirrors its latest build, but the two reads are not one snapshot: the
+        # mirrored fields come from the later read, so that a build settled between them (a
+        # pause taking hold) never shows a `pausing` project beside its released build.
+        mirrored = {"status": PROJECT_STATUS_FOR_BUILD[build["status"]], "progress": build["progress"],
+                    "current_stage": build["current_stage"]}
+        return {**project, **mirrored, "latest_build": latest,
                 "stages_snapshot": [_stage_summary(stage) for stage in build["stages"]]}
 
     async def list_projects(self, *, limit: int, last_key: str | None, status: str | None,
