@@ -7,16 +7,15 @@ from api.database.sqlite.connection import (
     SQLiteConnection,
     bump,
     bump_daily,
-    column_value,
     insert,
     keyset_page,
     to_record,
+    update,
 )
 from api.database.store import (
     HELD_BUILD_STATUSES,
     Page,
     Record,
-    check_record_size,
     invocation_deltas,
 )
 
@@ -49,19 +48,15 @@ class SQLiteAgents(SQLiteConnection):
                     f"SELECT 1 FROM builds WHERE build_id = ? AND owner = ? AND status IN {HELD_BUILD_STATUSES}",
                     (agent["build_id"], expect_owner)).fetchone() is None:
                 return False
-            existing = conn.execute("SELECT status, created_at FROM agents WHERE agent_id = ?",
+            existing = conn.execute("SELECT * FROM agents WHERE agent_id = ?",
                                     (agent["agent_id"],)).fetchone()
             if existing is None:
                 insert(conn, "agents", agent)
                 created_at = agent["created_at"]
             else:
-                check_record_size(agent)
                 adjust_agent_count(conn, existing["status"], -1)
                 changes = {k: v for k, v in agent.items() if k not in ("agent_id", "created_at")}
-                conn.execute(
-                    f"UPDATE agents SET {', '.join(f'{column} = ?' for column in changes)} "
-                    "WHERE agent_id = ?",
-                    [*(column_value(c, v) for c, v in changes.items()), agent["agent_id"]])
+                update(conn, "agents", ("agent_id", agent["agent_id"]), existing, changes)
                 created_at = existing["created_at"]
             adjust_agent_count(conn, agent["status"], 1)
             self._index_capabilities(conn, agent["agent_id"], created_at, agent["capabilities"])
@@ -100,15 +95,11 @@ class SQLiteAgents(SQLiteConnection):
 
     async def update_agent(self, *, agent_id: str, changes: Record) -> Record | None:
         def work(conn: sqlite3.Connection) -> Record | None:
-            current = to_record(conn.execute("SELECT * FROM agents WHERE agent_id = ?",
-                                        (agent_id,)).fetchone())
-            if current is None:
+            row = conn.execute("SELECT * FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+            if row is None:
                 return None
-            check_record_size({**current, **changes})
-            conn.execute(
-                f"UPDATE agents SET {', '.join(f'{column} = ?' for column in changes)} "
-                "WHERE agent_id = ?",
-                [*(column_value(c, v) for c, v in changes.items()), agent_id])
+            current = to_record(row)
+            update(conn, "agents", ("agent_id", agent_id), row, changes)
             if "status" in changes and changes["status"] != current["status"]:
                 adjust_agent_count(conn, current["status"], -1)
                 adjust_agent_count(conn, changes["status"], 1)
@@ -116,7 +107,7 @@ class SQLiteAgents(SQLiteConnection):
                 self._index_capabilities(conn, agent_id, current["created_at"],
                                          changes["capabilities"])
             return to_record(conn.execute("SELECT * FROM agents WHERE agent_id = ?",
-                                     (agent_id,)).fetchone())
+                                          (agent_id,)).fetchone())
 
         return await self._write("update_agent", work)
 

@@ -48,18 +48,30 @@ def to_records(rows: list[sqlite3.Row]) -> list[Record]:
     return [to_record(row) for row in rows]  # type: ignore[misc]
 
 
-def column_value(column: str, value: Any) -> Any:
+def _column_value(column: str, value: Any) -> Any:
     return json.dumps(value) if column in JSON_COLUMNS and value is not None else value
 
 
 def insert(conn: sqlite3.Connection, table: str, record: Record) -> None:
     # Sized as stored: a JSON column's text is what check_record_size would count for it.
-    stored = {column: column_value(column, value) for column, value in record.items()}
+    stored = {column: _column_value(column, value) for column, value in record.items()}
     check_record_size(stored)
     conn.execute(
         f"INSERT INTO {table} ({', '.join(stored)}) VALUES ({', '.join('?' * len(stored))})",
         list(stored.values()),
     )
+
+
+def update(conn: sqlite3.Connection, table: str, key: tuple[str, Any], row: sqlite3.Row,
+           changes: Record) -> None:
+    """Apply `changes` to the stored `row` whose key column and value are `key`, sized as
+    stored: the row's own text and the changes serialized once (a build's every step writes its
+    stages and context: serializing them again to size the record cost item 6 of the benchmark
+    6 %, docs/PERFORMANCE.md)."""
+    written = {column: _column_value(column, value) for column, value in changes.items()}
+    check_record_size({**dict(row), **written})
+    conn.execute(f"UPDATE {table} SET {', '.join(f'{column} = ?' for column in written)} "
+                 f"WHERE {key[0]} = ?", [*written.values(), key[1]])
 
 
 def bump(conn: sqlite3.Connection, name: str, delta: float) -> None:

@@ -8,11 +8,11 @@ from api.database.sqlite.connection import (
     SQLiteConnection,
     bump,
     bump_daily,
-    column_value,
     insert,
     keyset_page,
     to_record,
     to_records,
+    update,
 )
 from api.database.store import (
     ACTIVE_BUILD_STATUSES,
@@ -168,13 +168,7 @@ class SQLiteProjects(SQLiteConnection):
             if expect_owner is not None and current["owner"] != expect_owner:
                 return False
             updated = {**current, **changes}
-            # Sized as stored, from the row's own text and the changes serialized once: every
-            # step of a build writes its stages and context (docs/PERFORMANCE.md, issue 11).
-            written = {column: column_value(column, value) for column, value in changes.items()}
-            check_record_size({**dict(row), **written})
-            conn.execute(
-                f"UPDATE builds SET {', '.join(f'{column} = ?' for column in written)} "
-                "WHERE build_id = ?", [*written.values(), build_id])
+            update(conn, "builds", ("build_id", build_id), row, changes)
             if updated["status"] != current["status"] and updated["status"] in FINAL_BUILD_STATUSES:
                 _count_finished_build(conn, updated)
             mirror_on_project(conn, updated)
