@@ -183,9 +183,12 @@ class ServerProcess:
     """A server process on a loopback port (by default `python api/main.py`, as an operator
     runs it); started once /health/ready answers, which is neither counted nor logged."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], command: list[str] = API_MAIN) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], command: list[str] = API_MAIN, *,
+                 stdout: int | None = None) -> None:
+        """`stdout`: a subprocess constant (PIPE) instead of the output file."""
         self.workdir = workdir
         self.command = command
+        self.stdout = stdout
         self.port = free_port()
         self.log_dir = workdir / "logs"
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "API_HOST": "127.0.0.1",
@@ -198,7 +201,8 @@ class ServerProcess:
     def start(self) -> "ServerProcess":
         with open(self.output, "ab") as output:
             self.process = subprocess.Popen(self.command, cwd=self.workdir, env=self.env,
-                                            stdout=output, stderr=output)
+                                            stdout=output if self.stdout is None else self.stdout,
+                                            stderr=output)
         wait_until(self._ready, timeout=30, what="the server to be ready")
         return self
 

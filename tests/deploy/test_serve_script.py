@@ -1,34 +1,23 @@
 """`./scripts/serve.sh`, the README's way to start the service, leaves the pid file that
 `deploy.sh status` and the operator's guide (`top -p $(cat api.pid)`) read."""
 
-import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
-import httpx
-
-from tests.conftest import REPO, wait_until
-from tests.deploy.conftest import Deployment
+from tests.conftest import REPO, ServerProcess
+from tests.deploy.conftest import DEPLOY
 
 
-def test_serve_writes_the_pid_file_that_deploy_status_reads(tmp_path: Path) -> None:
-    deployment = Deployment(tmp_path, "development")
-    server = subprocess.Popen([str(REPO / "scripts" / "serve.sh")], env=deployment.env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{deployment.base_url}/health/ready", timeout=1).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, timeout=120, what="serve.sh to serve")
-        # exec keeps the script's pid: the file names the server process itself.
-        assert deployment.pid() == server.pid
-        status = deployment.run("status")
-        assert status.returncode == 0, status.stdout + status.stderr
-        assert f"pid:     {server.pid}" in status.stdout
-        assert "ready:   200" in status.stdout
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+def test_serve_writes_the_pid_file_that_deploy_status_reads(
+        server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    pid_file = tmp_path / "api.pid"
+    server = server_factory(command=[str(REPO / "scripts" / "serve.sh")], PID_FILE=str(pid_file))
+    assert server.process is not None
+    # exec keeps the script's pid: the file names the server process itself.
+    assert int(pid_file.read_text()) == server.process.pid
+    status = subprocess.run([str(DEPLOY), "status"], env={**server.env, "ENV_FILE": str(tmp_path / ".env")},
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"pid:     {server.process.pid}" in status.stdout
+    assert "ready:   200" in status.stdout

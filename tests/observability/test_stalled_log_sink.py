@@ -2,7 +2,6 @@
 files keep every line, the process does not grow, the lines stdout cannot take are dropped and
 counted, and the service still shuts down cleanly."""
 
-import os
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import API_MAIN, REPO, free_port, wait_until
+from tests.conftest import ServerProcess, wait_until
 
 LOAD_SECONDS = 60.0
 MAX_REQUESTS = 250_000  # a bound on the disk the minute takes (~320 bytes a line)
@@ -24,34 +23,19 @@ CLIENTS = 4
 DROPPED = re.compile(r'^log_lines_dropped_total\{sink="stdout"\} (\S+)$', re.MULTILINE)
 
 
-class StalledServer:
+class StalledServer(ServerProcess):
     """The service with LOG_STDOUT=true in production mode, its stdout a pipe left unread."""
 
     def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_dir = workdir / "logs"
-        env = {**os.environ, "PYTHONPATH": str(REPO), "API_HOST": "127.0.0.1",
-               "API_PORT": str(self.port), "DATA_DIR": str(workdir / "data"),
-               "LOG_DIR": str(self.log_dir), "ENVIRONMENT": "production", "LOG_STDOUT": "true"}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.stderr = open(workdir / "server.err", "wb")
-        self.process = subprocess.Popen(API_MAIN, cwd=workdir, env=env, stdout=subprocess.PIPE,
-                                        stderr=self.stderr)
-        wait_until(self._ready, timeout=30, what="the server to be ready")
-
-    def _ready(self) -> bool:
-        assert self.process.poll() is None, (self.log_dir / "error.log").read_text()[-3000:]
-        try:
-            return httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200
-        except httpx.TransportError:
-            return False
+        super().__init__(workdir, {"ENVIRONMENT": "production", "LOG_STDOUT": "true"},
+                         stdout=subprocess.PIPE)
 
     def dropped(self) -> float:
         found = DROPPED.search(httpx.get(f"{self.base_url}/metrics", timeout=10).text)
         return float(found.group(1)) if found else 0.0
 
     def rss_mb(self) -> float:
+        assert self.process is not None
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
 
     def access_lines(self) -> int:
@@ -64,14 +48,11 @@ class StalledServer:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[StalledServer]:
-    server = StalledServer(tmp_path)
+    server = StalledServer(tmp_path).start()
     try:
         yield server
     finally:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait(timeout=30)
-        server.stderr.close()
+        server.kill()
 
 
 def _load(base_url: str, deadline: float, budget: list[int], lock: threading.Lock) -> int:
@@ -111,9 +92,8 @@ def test_a_stdout_nobody_reads_stalls_no_file_and_no_memory(server: StalledServe
     assert server.error_lines("Log sink stdout takes lines again") == []
 
     # Someone reads stdout again: it catches up, and says how many lines it lost.
-    assert server.process.stdout is not None
-    reader = threading.Thread(target=lambda: server.process.stdout.read(), daemon=True)  # type: ignore[union-attr]
-    reader.start()
+    assert server.process is not None and server.process.stdout is not None
+    threading.Thread(target=server.process.stdout.read, daemon=True).start()
 
     def recovered() -> list[str]:
         httpx.get(f"{server.base_url}/api/v1/projects", timeout=10)
@@ -123,6 +103,5 @@ def test_a_stdout_nobody_reads_stalls_no_file_and_no_memory(server: StalledServe
     assert f'"dropped_lines": {int(server.dropped())}' in notice, notice
 
     # And the service still stops on SIGTERM, its last lines written.
-    server.process.terminate()
-    assert server.process.wait(timeout=30) == -signal.SIGTERM  # uvicorn re-raises it
+    assert server.stop() == -signal.SIGTERM  # uvicorn re-raises it
     assert server.error_lines("Nexus-AI Platform API stopped")
