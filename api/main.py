@@ -27,7 +27,7 @@ from api.observability.model_probe import ModelProbe
 from api.providers.base import ModelProvider
 from api.providers.client import ModelClient
 from api.providers.factory import create_provider
-from api.routers import agents, projects, sessions, statistics
+from api.routers import agents, docs, projects, sessions, statistics
 from api.services.agent_service import AgentService
 from api.services.api_call_counter import ApiCallCounter
 from api.services.project_service import ProjectService
@@ -122,8 +122,9 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
     stand in for a hosted model)."""
     settings = settings or get_settings()
     instrumentation.configure_logging(settings)
+    # FastAPI's own /docs and /redoc load their scripts from a CDN: api.routers.docs serves them.
     app = FastAPI(title="Nexus-AI Platform API", version=__version__, lifespan=lifespan,
-                  debug=False)
+                  debug=False, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.provider = provider
     app.state.draining = False
@@ -134,6 +135,7 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
     for module in (projects, agents, sessions, statistics):
         v1.include_router(module.router)
     app.include_router(v1)
+    docs.include(app)
     app.add_middleware(BodySizeLimitMiddleware)
     instrumentation.add_tracing(app, settings)
     return app

@@ -48,10 +48,12 @@ def route_template(scope: Scope) -> str:
     effective = scope.get("fastapi", {}).get("effective_route_context")
     template = getattr(effective, "path_format", None) or getattr(scope.get("route"), "path_format", None)
     if template is None and "endpoint" in scope:
-        # Starlette's plain routes (FastAPI's /docs, /redoc, /openapi.json) leave only their
-        # endpoint in the scope.
+        # Starlette's plain routes (FastAPI's /openapi.json) and mounts (the docs pages' static
+        # files: one template for them all) leave only their endpoint in the scope, which for
+        # a mount is its app.
         template = next((route.path_format for route in scope["app"].routes
-                         if getattr(route, "endpoint", None) is scope["endpoint"]), None)
+                         if getattr(route, "endpoint", getattr(route, "app", None))
+                         is scope["endpoint"]), None)
     return template or metrics.UNMATCHED_ROUTE
 
 

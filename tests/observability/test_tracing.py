@@ -181,12 +181,17 @@ async def test_the_access_line_follows_the_log_level_and_masks_the_path(tmp_path
     assert "s3cr3tvalue" not in (settings.log_dir / "api.log").read_text()
 
 
-@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+@pytest.mark.parametrize(("path", "route"), [
+    *((path, path) for path in ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")),
+    # The pages' files: one template for them all.
+    *((f"/docs/static/{name}", "/docs/static/{path}")
+      for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")),
+])
 async def test_the_documentation_pages_are_counted_under_their_own_route(
-        client: httpx.AsyncClient, settings: Settings, path: str) -> None:
+        client: httpx.AsyncClient, settings: Settings, path: str, route: str) -> None:
     request_id = f"docs-{uuid.uuid4().hex[:8]}"
     response = await client.get(path, headers={"X-Request-ID": request_id})
     assert response.status_code == 200
-    assert access_line(settings, request_id)["route"] == path
-    series = f'http_requests_total{{method="GET",route="{path}",status="200"}}'
+    assert access_line(settings, request_id)["route"] == route
+    series = f'http_requests_total{{method="GET",route="{route}",status="200"}}'
     assert series in (await client.get("/metrics")).text
