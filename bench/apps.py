@@ -6,6 +6,7 @@ include_routes, add_tracing, start, stop) replaced, and the store's per-query ob
 silenced. Routers, services, store, error handlers and the body-size limit are the same
 objects in all three, so the comparisons measure the observability layer and nothing else.
 
+`full_app` is the full app itself, for an item that serves it with other uvicorn options.
 `bare` is the limit: an ASGI callable that answers every request with the bytes the full
 app's GET /health returned.
 """
@@ -60,6 +61,11 @@ class _Probes:
     @staticmethod
     async def stop(app: FastAPI) -> None:
         pass
+
+
+def full_app() -> FastAPI:
+    """The full app itself, for an item that serves it with other uvicorn options."""
+    return create_app(Settings())
 
 
 def off() -> FastAPI:
@@ -171,4 +177,4 @@ def bare() -> Any:
     return app
 
 
-VARIANTS = {"off": off, "generic": generic, "bare": bare}
+VARIANTS = {"full_app": full_app, "off": off, "generic": generic, "bare": bare}

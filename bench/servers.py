@@ -42,12 +42,12 @@ def base_environment() -> dict[str, str]:
 class Server:
     """One server process (with `workers` > 1, uvicorn's supervisor and its workers).
 
-    `variant` is "full" (the operator's `nexus-ai serve`) or an app of bench.apps served by
-    `python -m bench.serve`.
+    `variant` is "full" (the operator's `nexus-ai serve`) or an app of bench.apps or
+    bench.rivals served by `python -m bench.serve`, with its `serve_options` (`--loop`, `--http`).
     """
 
     def __init__(self, variant: str, workdir: Path, *, workers: int = 1,
-                 settings: dict[str, str] | None = None) -> None:
+                 settings: dict[str, str] | None = None, serve_options: tuple[str, ...] = ()) -> None:
         self.variant = variant
         self.workdir = workdir
         self.workers = workers
@@ -68,7 +68,7 @@ class Server:
                          "--workers", str(workers)]
         else:
             self.argv = [PYTHON, "-m", "bench.serve", variant, "--port", str(self.port),
-                         "--workers", str(workers)]
+                         "--workers", str(workers), *serve_options]
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

@@ -3,6 +3,7 @@
 import traceback
 from typing import Any
 
+import orjson
 from fastapi.responses import JSONResponse
 
 from api.core.clock import utc_now
@@ -25,12 +26,21 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 }
 
 
+class EnvelopeResponse(JSONResponse):
+    """A JSON response rendered by orjson: 4.1 µs for a project GET's 3.3 KB body against
+    json.dumps' 35.9 µs, 46 µs less server CPU per GET and /health 1.065x the rate
+    (docs/PERFORMANCE.md, F6)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def success_body(data: Any) -> dict[str, Any]:
     return {"success": True, "data": data, "timestamp": utc_now(), "request_id": request_id_var.get()}
 
 
 def ok(data: Any, status_code: int = 200) -> JSONResponse:
-    return JSONResponse(success_body(data), status_code=status_code)
+    return EnvelopeResponse(success_body(data), status_code=status_code)
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -52,8 +62,8 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 def error_response(
     code: str, message: str, *, details: Any = None, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message, details), status_code=ERROR_CODES[code][0],
-                        headers=headers)
+    return EnvelopeResponse(error_body(code, message, details), status_code=ERROR_CODES[code][0],
+                            headers=headers)
 
 
 def internal_error_body(exc: BaseException, *, debug: bool) -> dict[str, Any]:

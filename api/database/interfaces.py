@@ -62,6 +62,11 @@ class ProjectStore(abc.ABC):
     async def get_build(self, *, build_id: str) -> Record | None: ...
 
     @abc.abstractmethod
+    async def get_project_with_latest_build(self, *, project_id: str) -> tuple[Record, Record] | None:
+        """The project and its latest build (None when either is missing): one snapshot where
+        the backend has them (SQLite), two reads where it does not (DynamoDB)."""
+
+    @abc.abstractmethod
     async def list_builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page:
         """Newest first."""
 

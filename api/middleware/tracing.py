@@ -10,12 +10,11 @@ import random
 import re
 import time
 
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.config import Settings
 from api.core.context import request_id_var
-from api.core.envelope import internal_error_body
+from api.core.envelope import EnvelopeResponse, internal_error_body
 from api.observability import logging as json_logging
 from api.observability import metrics
 
@@ -100,7 +99,7 @@ class TracingMiddleware:
             if not response_started:
                 # Answered here rather than re-raised, so that Starlette's ServerErrorMiddleware
                 # never answers without our headers and envelope.
-                response = JSONResponse(internal_error_body(exc, debug=self.debug), status_code=500)
+                response = EnvelopeResponse(internal_error_body(exc, debug=self.debug), status_code=500)
                 await response(scope, receive, send_with_headers)
         finally:
             duration = time.perf_counter() - start

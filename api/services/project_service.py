@@ -64,11 +64,13 @@ class ProjectService:
         bind(project_id=project_id, user_id=project["user_id"])
         return project
 
-    async def _latest_build(self, project: Record) -> Record:
-        build = await self.store.get_build(build_id=project["latest_build_id"])
-        if build is None:
-            raise NotFound("build", project["latest_build_id"])
-        return build
+    async def _project_and_build(self, project_id: str) -> tuple[Record, Record]:
+        """The project and its latest build."""
+        found = await self.store.get_project_with_latest_build(project_id=project_id)
+        if found is None:
+            raise NotFound("project", project_id)
+        bind(project_id=project_id, user_id=found[0]["user_id"])
+        return found
 
     async def create(self, *, body: ProjectCreate) -> Record:
         if not self.engine.accepting:
@@ -85,12 +87,12 @@ class ProjectService:
         return {**project, "latest_build": build_public(build)}
 
     async def get(self, *, project_id: str) -> Record:
-        project = await self._project(project_id)
-        build = await self._latest_build(project)
+        project, build = await self._project_and_build(project_id)
         latest = {key: value for key, value in build_public(build).items() if key != "stages"}
-        # The project mirrors its latest build, but the two reads are not one snapshot: the
-        # mirrored fields come from the later read, so that a build settled between them (a
-        # pause taking hold) never shows a `pausing` project beside its released build.
+        # The project mirrors its latest build, but on DynamoDB the two reads are not one
+        # snapshot: the mirrored fields come from the later read, so that a build settled
+        # between them (a pause taking hold) never shows a `pausing` project beside its
+        # released build.
         mirrored = {"status": PROJECT_STATUS_FOR_BUILD[build["status"]], "progress": build["progress"],
                     "current_stage": build["current_stage"]}
         return {**project, **mirrored, "latest_build": latest,
@@ -102,14 +104,13 @@ class ProjectService:
                                               user_id=user_id)
 
     async def stages(self, *, project_id: str) -> list[Record]:
-        build = await self._latest_build(await self._project(project_id))
+        _, build = await self._project_and_build(project_id)
         return [_stage_summary(stage) for stage in build["stages"]]
 
     async def stage(self, *, project_id: str, stage_name: str) -> Record:
         if stage_name not in STAGE_NAMES:
             raise NotFound("stage", stage_name)
-        project = await self._project(project_id)
-        build = await self._latest_build(project)
+        _, build = await self._project_and_build(project_id)
         stage = next(s for s in build["stages"] if s["name"] == stage_name)
         artifacts = [a for a in await self.store.list_artifacts(project_id=project_id)
                      if a["stage"] == stage_name and a["build_id"] == build["build_id"]]
@@ -117,8 +118,7 @@ class ProjectService:
         return {**stage, "build_id": build["build_id"], "artifacts": artifacts, "logs": logs}
 
     async def control(self, *, project_id: str, body: ProjectControl) -> Record:
-        project = await self._project(project_id)
-        build = await self._latest_build(project)
+        project, build = await self._project_and_build(project_id)
         bind(build_id=build["build_id"])
         if build["status"] not in ACTION_FROM[body.action]:
             raise InvalidState(

@@ -1,10 +1,11 @@
-"""The items by number: 1-8 from issue 6, 9-10 (a real model's calls) from issue 10."""
+"""The items by number: 1-8 from issue 6, 9-10 (a real model's calls) from issue 10, 11-13 (the
+server against plain FastAPI, and uvicorn's stack) from issue 13."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.context import Context
-from bench.items import builds, memory, model_calls, observability, scale, workers
+from bench.items import builds, memory, model_calls, observability, scale, stack, workers
 from bench.results import Row
 
 
@@ -48,4 +49,14 @@ ITEMS: dict[int, Item] = {
              "first `event: delta` through the platform vs the first content delta straight from "
              "llama-server (openai SDK), the same messages, alternated; target ≤ 1.1",
              model_calls.streamed_ttft),
+    11: Item("Against plain FastAPI: the probe",
+             "GET /health, full app vs a one-route FastAPI app answering the same body on the same "
+             "uvicorn; target ≥ 0.9", stack.health_vs_fastapi),
+    12: Item("Against plain FastAPI: a read",
+             "GET /api/v1/projects/{id}, full app vs a hand-written FastAPI + sqlite3 app reading "
+             "the same project and latest build from the same file, same envelope; target ≥ 1.5",
+             stack.project_vs_fastapi_sqlite),
+    13: Item("uvicorn's stack",
+             "the full app on uvloop + httptools (uvicorn[standard]) vs asyncio + h11; reported",
+             stack.uvicorn_stack),
 }

@@ -406,6 +406,9 @@ async def test_add_build_queues_a_new_build_once_the_latest_is_finished(store: S
     assert (await day_counts(store, DAY0))["builds_total"] == 2
     listed = await store.list_builds(project_id=project["project_id"], limit=10, last_key=None)
     assert [b["build_id"] for b in listed.items] == [second["build_id"], first["build_id"]]
+    assert await store.get_project_with_latest_build(project_id=project["project_id"]) == (
+        stored, listed.items[0])
+    assert await store.get_project_with_latest_build(project_id="proj_000000000000") is None
 
     assert await store.add_build(build=new_build(project["project_id"], created_at=ts(50))) is False
     assert await store.add_build(build=new_build("proj_000000000000", created_at=ts(50))) is False

@@ -52,6 +52,11 @@ class DynamoDBProjects(DynamoDBBuilds, DynamoDBAgents, ProjectStore):
         item = await self._get("get_project", _key(f"PROJECT#{project_id}", PROJECT_SK))
         return _record(item, PROJECT_FIELDS) if item else None
 
+    async def get_project_with_latest_build(self, *, project_id: str) -> tuple[Record, Record] | None:
+        project = await self.get_project(project_id=project_id)
+        build = project and await self.get_build(build_id=project["latest_build_id"])
+        return (project, build) if project and build else None
+
     async def list_projects(self, *, limit: int, last_key: str | None, status: str | None = None,
                             user_id: str | None = None) -> Page:
         start = _decode_position(last_key)
