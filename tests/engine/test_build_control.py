@@ -1,6 +1,7 @@
 """Control actions act on the running build, not only on a stored field."""
 
 import asyncio
+import json
 import re
 from datetime import datetime
 from collections.abc import AsyncIterator
@@ -12,9 +13,10 @@ import httpx
 import pytest
 
 from api.main import create_app
-from tests.conftest import Api, make_settings, wait_for
+from tests.conftest import REQUIREMENT, Api, make_settings, wait_for
 
 STAGE_DELAY = 0.15
+PROGRESS_LITERAL = re.compile(rb'"progress":([^,}]+)')
 
 
 @pytest.fixture
@@ -96,6 +98,26 @@ async def test_progress_never_decreases_and_is_100_only_on_success(api: Api) -> 
     assert seen == sorted(seen)
     assert seen[-1] == 100
     assert len(set(seen)) > 5, "progress should be observed moving through the stages"
+
+
+async def test_progress_is_written_as_a_float_in_every_response(api: Api) -> None:
+    """Progress read `0.0` in one place and `54` in another (issue 13): it is a float in every
+    body that carries it, from the create answer to the finished build (jq 1.6 prints 54.0 as
+    54: README)."""
+    created = await api.client.post("/api/v1/projects", json={"requirement": REQUIREMENT})
+    project_id = created.json()["data"]["project_id"]
+    bodies = [created.content]
+
+    async def finished() -> bool:
+        for path in (f"/api/v1/projects/{project_id}/builds", "/api/v1/projects",
+                     f"/api/v1/projects/{project_id}"):
+            bodies.append((await api.client.get(path)).content)
+        return json.loads(bodies[-1])["data"]["status"] == "completed"
+
+    await wait_for(finished, interval=0.02, what="the build to finish")
+    literals = [literal for body in bodies for literal in PROGRESS_LITERAL.findall(body)]
+    assert {b"0.0", b"100.0"} <= set(literals) and len(set(literals)) > 4, set(literals)
+    assert [literal for literal in literals if not re.fullmatch(rb"\d+\.\d+", literal)] == []
 
 
 async def test_stop_cancels_mid_stage(tmp_path: Path) -> None:
