@@ -29,7 +29,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
 class EnvelopeResponse(JSONResponse):
     """A JSON response rendered by orjson: 4.1 µs for a project GET's 3.3 KB body against
     json.dumps' 35.9 µs, 46 µs less server CPU per GET and /health 1.065x the rate
-    (docs/PERFORMANCE.md, F6)."""
+    (docs/PERFORMANCE.md, F4)."""
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
