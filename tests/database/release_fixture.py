@@ -1,0 +1,65 @@
+"""`python -m tests.database.release_fixture`: writes the SQLite file of a release, for the
+migration test of the next schema (issue 11, item 7): a project with its finished build, the
+agent it registered, one direct invocation and a session with one turn, all through the API of
+the code checked out, then the file checkpointed and vacuumed, and the ids it holds beside it.
+
+The committed file was written by the commit its name gives; write a new one only for a new
+release, never over an old one: an old file is what a migration must keep reading.
+"""
+
+import asyncio
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+
+from api.main import create_app
+from tests.conftest import REQUIREMENT, Api, make_settings
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+async def _populate(workdir: Path) -> dict[str, str]:
+    app = create_app(make_settings(workdir, offline_stage_delay_seconds=0))
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        api = Api(client)
+        project_id = (await api.create_project(REQUIREMENT, user_id="release_user"))["project_id"]
+        await api.wait_status(project_id, "completed")
+        agents = await api.call("GET", "/api/v1/agents", params={"project_id": project_id})
+        agent_id = agents["items"][0]["agent_id"]
+        invocation = await api.call("POST", f"/api/v1/agents/{agent_id}/invoke",
+                                    json={"input_text": "Where is my refund?"})
+        session = await api.call("POST", f"/api/v1/agents/{agent_id}/sessions",
+                                 json={"display_name": "release session"}, expect=201)
+        await api.call("POST", f"/api/v1/sessions/{session['session_id']}/messages",
+                       json={"content": "I was charged twice."}, expect=201)
+    return {"project_id": project_id, "agent_id": agent_id,
+            "invocation_id": invocation["invocation_id"], "session_id": session["session_id"]}
+
+
+def main() -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        ids = asyncio.run(_populate(workdir))
+        database = workdir / "data" / "nexus-ai.db"
+        with sqlite3.connect(database) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        conn = sqlite3.connect(database, isolation_level=None)
+        conn.execute("VACUUM")
+        conn.close()
+        target = FIXTURES / f"release-{commit}.db"
+        shutil.copyfile(database, target)
+    (FIXTURES / f"release-{commit}.json").write_text(json.dumps({"commit": commit, **ids}, indent=2) + "\n")
+    print(target, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
