@@ -193,6 +193,8 @@ class Fanout:
     def __init__(self, sinks: list[Sink], notice: Callable[[str, str, dict[str, Any]], bytes]) -> None:
         """`notice(level, message, fields)` formats this module's own warning lines."""
         self.writers = [SinkWriter(sink) for sink in sinks]
+        for sink in sinks:
+            metrics.expose_log_sink(sink=sink.label)
         self._notice = notice
         self._dropping = threading.Lock()  # taken only when a sink starts or stops dropping
 

@@ -183,6 +183,12 @@ def record_invocation(*, status: str, seconds: float) -> None:
 
 
 
+def expose_log_sink(*, sink: str) -> None:
+    """The sink's drop counter at 0 from the start: a series that first appears at N hides
+    those N from increase(), and LogLinesDropped would miss a first burst of drops."""
+    log_lines_dropped_total.labels(sink)
+
+
 def record_log_lines_dropped(*, sink: str) -> None:
     log_lines_dropped_total.labels(sink).inc()
 

@@ -38,7 +38,7 @@ EXTRA_PANELS = ("Build success rate", "Build duration", "Database latency", "Slo
 GUIDE_ALERTS = {"HighErrorRate": "critical", "HighMemoryUsage": "warning",
                 "DatabaseConnectionFailure": "critical", "HighBuildFailureRate": "warning"}
 EXTRA_ALERTS = ("InstanceDown", "HighRequestLatency", "ErrorBudgetBurn", "BuildsStuck",
-                "HighAgentInvocationFailureRate")
+                "HighAgentInvocationFailureRate", "LogLinesDropped")
 
 
 # -- tools -------------------------------------------------------------------------------------
