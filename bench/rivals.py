@@ -15,30 +15,26 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException
 
+from api.core.clock import utc_now
+from api.database.store import PROJECT_STATUS_FOR_BUILD
+from api.services.project_service import BUILD_PRIVATE_FIELDS
+
 HEALTH_BODY_VARIABLE = "BENCH_HEALTH_BODY"
 SQLITE_PATH_VARIABLE = "BENCH_SQLITE_PATH"
 
-# The build's JSON columns, and what the platform keeps out of its public build.
+# The build's JSON columns, and a stage's fields in the project's snapshot; what the platform
+# keeps out of its public build and the status it gives the project are its own constants.
 _BUILD_JSON = ("stages", "error", "usage")
-_BUILD_PRIVATE = ("context", "owner", "lease_until")
 _STAGE_FIELDS = ("name", "order", "weight", "status", "started_at", "completed_at",
                  "duration_seconds", "error")
-_PROJECT_STATUS = {"queued": "pending", "running": "building", "pausing": "pausing",
-                   "paused": "paused", "succeeded": "completed", "failed": "failed",
-                   "cancelled": "stopped"}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def _envelope(data: Any) -> dict[str, Any]:
-    return {"success": True, "data": data, "timestamp": _now(), "request_id": str(uuid.uuid4())}
+    return {"success": True, "data": data, "timestamp": utc_now(), "request_id": str(uuid.uuid4())}
 
 
 def fastapi_health() -> FastAPI:
@@ -47,7 +43,7 @@ def fastapi_health() -> FastAPI:
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return _envelope({**data, "timestamp": _now()})
+        return _envelope({**data, "timestamp": utc_now()})
 
     return app
 
@@ -74,8 +70,8 @@ def _project_app(connection: Callable[..., Iterator[sqlite3.Connection]]) -> Fas
                 build[column] = json.loads(build[column])
         stages = build.pop("stages")
         build["instance_id"] = build["owner"]
-        latest = {key: value for key, value in build.items() if key not in _BUILD_PRIVATE}
-        project.update(status=_PROJECT_STATUS[build["status"]], progress=build["progress"],
+        latest = {key: value for key, value in build.items() if key not in BUILD_PRIVATE_FIELDS}
+        project.update(status=PROJECT_STATUS_FOR_BUILD[build["status"]], progress=build["progress"],
                        current_stage=build["current_stage"])
         snapshot = [{key: stage[key] for key in _STAGE_FIELDS}
                     | {"sub_stages": [{"name": sub["name"], "status": sub["status"]}
@@ -117,3 +113,7 @@ def fastapi_sqlite_per_thread() -> FastAPI:
         yield local.conn
 
     return _project_app(get_db)
+
+
+VARIANTS = {"fastapi_health": fastapi_health, "fastapi_sqlite": fastapi_sqlite,
+            "fastapi_sqlite_per_thread": fastapi_sqlite_per_thread}

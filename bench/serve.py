@@ -11,9 +11,7 @@ from api.cli import run_server
 from bench import apps, rivals
 from bench.servers import HOST
 
-VARIANTS = {**apps.VARIANTS, "fastapi_health": rivals.fastapi_health,
-            "fastapi_sqlite": rivals.fastapi_sqlite,
-            "fastapi_sqlite_per_thread": rivals.fastapi_sqlite_per_thread}
+VARIANTS = {**apps.VARIANTS, **rivals.VARIANTS}
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -164,6 +165,16 @@ async def app(settings: Settings, provider: ModelProvider | None) -> AsyncIterat
     application = create_app(settings, provider=provider)
     async with application.router.lifespan_context(application):
         yield application
+
+
+@asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[tuple[Any, Api]]:
+    """An app of a test's own, started, with a client on it (settings of its own, or a second
+    start on the same data)."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        yield app, Api(client)
 
 
 @pytest.fixture

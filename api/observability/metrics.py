@@ -182,7 +182,6 @@ def record_invocation(*, status: str, seconds: float) -> None:
     agent_invocation_duration_seconds.observe(seconds)
 
 
-
 def expose_log_sink(*, sink: str) -> None:
     """The sink's drop counter at 0 from the start: a series that first appears at N hides
     those N from increase(), and LogLinesDropped would miss a first burst of drops."""

@@ -14,21 +14,16 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+from contextlib import closing
 from pathlib import Path
 
-import httpx
-
-from api.main import create_app
-from tests.conftest import REQUIREMENT, Api, make_settings
+from tests.conftest import REQUIREMENT, make_settings, serving
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 async def _populate(workdir: Path) -> dict[str, str]:
-    app = create_app(make_settings(workdir, offline_stage_delay_seconds=0))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
-        api = Api(client)
+    async with serving(make_settings(workdir, offline_stage_delay_seconds=0)) as (_, api):
         project_id = (await api.create_project(REQUIREMENT, user_id="release_user"))["project_id"]
         await api.wait_status(project_id, "completed")
         agents = await api.call("GET", "/api/v1/agents", params={"project_id": project_id})
@@ -50,11 +45,9 @@ def main() -> None:
         workdir = Path(scratch)
         ids = asyncio.run(_populate(workdir))
         database = workdir / "data" / "nexus-ai.db"
-        with sqlite3.connect(database) as conn:
+        with closing(sqlite3.connect(database, isolation_level=None)) as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn = sqlite3.connect(database, isolation_level=None)
-        conn.execute("VACUUM")
-        conn.close()
+            conn.execute("VACUUM")
         target = FIXTURES / f"release-{commit}.db"
         shutil.copyfile(database, target)
     (FIXTURES / f"release-{commit}.json").write_text(json.dumps({"commit": commit, **ids}, indent=2) + "\n")

@@ -6,11 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 
-from api.main import create_app
-from tests.conftest import Api, make_settings
+from tests.conftest import make_settings, serving
 
 RELEASE_FILES = sorted((Path(__file__).resolve().parent / "fixtures").glob("release-*.db"))
 
@@ -20,10 +18,7 @@ async def test_a_release_file_reads_back_and_keeps_working(database: Path, tmp_p
     ids = json.loads(database.with_suffix(".json").read_text())
     (tmp_path / "data").mkdir()
     shutil.copyfile(database, tmp_path / "data" / "nexus-ai.db")
-    app = create_app(make_settings(tmp_path, offline_stage_delay_seconds=0))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
-        api = Api(client)
+    async with serving(make_settings(tmp_path, offline_stage_delay_seconds=0)) as (_, api):
         project = await api.project(ids["project_id"])
         assert (project["status"], project["progress"], project["user_id"]) == (
             "completed", 100, "release_user")

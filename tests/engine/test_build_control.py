@@ -9,10 +9,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from api.main import create_app
+from tests import conftest
 from tests.conftest import REQUIREMENT, Api, make_settings, wait_for
 
 STAGE_DELAY = 0.15
@@ -26,11 +25,8 @@ def settings_overrides() -> dict[str, Any]:
 
 @asynccontextmanager
 async def serving(tmp_path: Path, **settings: Any) -> AsyncIterator[tuple[Any, Api]]:
-    """An app of the test's own (settings of its own, or a second start on the same data)."""
-    app = create_app(make_settings(tmp_path, **settings))
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
-        yield app, Api(client)
+    async with conftest.serving(make_settings(tmp_path, **settings)) as started:
+        yield started
 
 
 async def _stage_of(api: Api, project_id: str, name: str) -> dict[str, Any]:

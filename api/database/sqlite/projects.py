@@ -155,7 +155,7 @@ class SQLiteProjects(SQLiteConnection):
     async def get_project_with_latest_build(self, *, project_id: str) -> tuple[Record, Record] | None:
         def read(conn: sqlite3.Connection) -> tuple[Record, Record] | None:
             # One read transaction: both rows from the same snapshot, in one thread hop (the
-            # project GET's two hops were a tenth of its time, docs/PERFORMANCE.md item 12).
+            # project GET's two hops were a tenth of its time, docs/PERFORMANCE.md F4).
             conn.execute("BEGIN")
             try:
                 project = to_record(conn.execute(
