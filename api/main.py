@@ -27,7 +27,7 @@ from api.observability.model_probe import ModelProbe
 from api.providers.base import ModelProvider
 from api.providers.client import ModelClient
 from api.providers.factory import create_provider
-from api.routers import agents, docs, projects, sessions, statistics
+from api.routers import agents, docs, openapi, projects, sessions, statistics
 from api.services.agent_service import AgentService
 from api.services.api_call_counter import ApiCallCounter
 from api.services.project_service import ProjectService
@@ -124,7 +124,8 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
     instrumentation.configure_logging(settings)
     # FastAPI's own /docs and /redoc load their scripts from a CDN: api.routers.docs serves them.
     app = FastAPI(title="Nexus-AI Platform API", version=__version__, lifespan=lifespan,
-                  debug=False, docs_url=None, redoc_url=None)
+                  debug=False, docs_url=None, redoc_url=None,
+                  generate_unique_id_function=openapi.operation_id)
     app.state.settings = settings
     app.state.provider = provider
     app.state.draining = False
@@ -136,6 +137,7 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
         v1.include_router(module.router)
     app.include_router(v1)
     docs.include(app)
+    openapi.install(app)
     app.add_middleware(BodySizeLimitMiddleware)
     instrumentation.add_tracing(app, settings)
     return app

@@ -6,7 +6,16 @@ from fastapi.responses import JSONResponse, Response
 from api.dependencies import AgentServiceDep, SettingsDep, page_body
 from api.core.envelope import ok
 from api.core.errors import ValidationFailed
+from api.routers.openapi import errors, streams
 from api.routers.streaming import event_stream, wants_stream
+from api.schemas.agent_records import (
+    AgentList,
+    AgentPublic,
+    InvocationList,
+    InvocationPublic,
+    SessionList,
+    SessionPublic,
+)
 from api.schemas.agents import (
     AgentStatusUpdate,
     AgentUpdate,
@@ -15,6 +24,7 @@ from api.schemas.agents import (
     SessionCreate,
 )
 from api.schemas.common import LastKey, Limit
+from api.schemas.envelope import AgentDeleted, Envelope
 from api.services.agent_service import invocation_public
 
 router = APIRouter(prefix="/agents", tags=["agents"])
@@ -31,7 +41,7 @@ def _capability_list(raw: str | None) -> list[str] | None:
     return capabilities
 
 
-@router.get("")
+@router.get("", response_model=Envelope[AgentList], responses=errors())
 async def list_agents(
     agents: AgentServiceDep, limit: Limit = 20, last_key: LastKey = None,
     project_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -44,29 +54,33 @@ async def list_agents(
     return ok(page_body(page))
 
 
-@router.get("/{agent_id}")
+@router.get("/{agent_id}", response_model=Envelope[AgentPublic], responses=errors("RESOURCE_NOT_FOUND"))
 async def get_agent(agent_id: AgentId, agents: AgentServiceDep) -> JSONResponse:
     return ok(await agents.get(agent_id=agent_id))
 
 
-@router.put("/{agent_id}")
+@router.put("/{agent_id}", response_model=Envelope[AgentPublic],
+            responses=errors("RESOURCE_NOT_FOUND", body=True))
 async def update_agent(agent_id: AgentId, body: AgentUpdate, agents: AgentServiceDep) -> JSONResponse:
     return ok(await agents.update(agent_id=agent_id, body=body))
 
 
-@router.put("/{agent_id}/status")
+@router.put("/{agent_id}/status", response_model=Envelope[AgentPublic],
+            responses=errors("RESOURCE_NOT_FOUND", body=True))
 async def set_agent_status(agent_id: AgentId, body: AgentStatusUpdate,
                            agents: AgentServiceDep) -> JSONResponse:
     return ok(await agents.set_status(agent_id=agent_id, body=body))
 
 
-@router.delete("/{agent_id}")
+@router.delete("/{agent_id}", response_model=Envelope[AgentDeleted],
+               responses=errors("RESOURCE_NOT_FOUND"))
 async def delete_agent(agent_id: AgentId, agents: AgentServiceDep) -> JSONResponse:
     await agents.delete(agent_id=agent_id)
     return ok({"agent_id": agent_id, "deleted": True})
 
 
-@router.post("/{agent_id}/invoke")
+@router.post("/{agent_id}/invoke", response_model=Envelope[InvocationPublic], responses={
+    **errors("RESOURCE_NOT_FOUND", "INVALID_STATE", "AGENT_INVOCATION_FAILED", body=True), **streams(200)})
 async def invoke_agent(agent_id: AgentId, body: InvokeRequest, agents: AgentServiceDep,
                        request: Request, settings: SettingsDep) -> Response:
     if not wants_stream(request, body.stream):
@@ -77,18 +91,21 @@ async def invoke_agent(agent_id: AgentId, body: InvokeRequest, agents: AgentServ
                         done=lambda done: invocation_public(done.invocation, with_trace=body.enable_trace))
 
 
-@router.get("/{agent_id}/invocations")
+@router.get("/{agent_id}/invocations", response_model=Envelope[InvocationList],
+            responses=errors("RESOURCE_NOT_FOUND"))
 async def list_invocations(agent_id: AgentId, agents: AgentServiceDep, limit: Limit = 20,
                            last_key: LastKey = None) -> JSONResponse:
     return ok(page_body(await agents.invocations(agent_id=agent_id, limit=limit, last_key=last_key)))
 
 
-@router.post("/{agent_id}/sessions", status_code=201)
+@router.post("/{agent_id}/sessions", status_code=201, response_model=Envelope[SessionPublic],
+             responses=errors("RESOURCE_NOT_FOUND", body=True))
 async def create_session(agent_id: AgentId, body: SessionCreate, agents: AgentServiceDep) -> JSONResponse:
     return ok(await agents.create_session(agent_id=agent_id, body=body), status_code=201)
 
 
-@router.get("/{agent_id}/sessions")
+@router.get("/{agent_id}/sessions", response_model=Envelope[SessionList],
+            responses=errors("RESOURCE_NOT_FOUND"))
 async def list_sessions(agent_id: AgentId, agents: AgentServiceDep, limit: Limit = 20,
                         last_key: LastKey = None) -> JSONResponse:
     return ok(page_body(await agents.sessions(agent_id=agent_id, limit=limit, last_key=last_key)))

@@ -24,6 +24,9 @@ from api.core.envelope import error_response, ok
 from api.observability import db_observer
 from api.observability.model_probe import ModelProbe
 from api.observability.system import sampler
+from api.routers.openapi import errors
+from api.schemas.envelope import Envelope
+from api.schemas.health import Detailed, Health, Ready
 
 PING_TIMEOUT_SECONDS = 2.0
 # The chain ends with the EC2/ECS metadata services, which can be slow to give up.
@@ -37,17 +40,18 @@ def _status(status: str) -> dict[str, Any]:
     return {"status": status, "version": __version__, "timestamp": utc_now()}
 
 
-@router.get("/health")
+@router.get("/health", response_model=Envelope[Health], responses=errors(api=False))
 async def health() -> JSONResponse:
     return ok(_status("healthy"))
 
 
-@router.get("/health/live")
+@router.get("/health/live", response_model=Envelope[Health], responses=errors(api=False))
 async def live() -> JSONResponse:
     return ok(_status("alive"))
 
 
-@router.get("/health/ready")
+@router.get("/health/ready", response_model=Envelope[Ready],
+            responses=errors("SERVICE_UNAVAILABLE", "DATABASE_ERROR", api=False))
 async def ready(request: Request) -> JSONResponse:
     if getattr(request.app.state, "draining", False):
         return error_response("SERVICE_UNAVAILABLE", "The service is shutting down.")
@@ -57,7 +61,7 @@ async def ready(request: Request) -> JSONResponse:
     return ok({**_status("ready"), "checks": {"database": database}})
 
 
-@router.get("/health/detailed")
+@router.get("/health/detailed", response_model=Envelope[Detailed], responses=errors(api=False))
 async def detailed(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     database, aws_credentials = await asyncio.gather(

@@ -1,12 +1,26 @@
 """Shared request shapes: strict models and the pagination query."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+# Each model's schema examples by model name: FastAPI drops every null from the OpenAPI
+# document (jsonable_encoder(exclude_none=True)), and with them an example's required nullable
+# fields; api.routers.openapi puts these back.
+EXAMPLES: dict[str, list[Any]] = {}
 
-class StrictModel(BaseModel):
+
+class Documented(BaseModel):
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        extra = cls.model_config.get("json_schema_extra")
+        if isinstance(extra, dict) and "examples" in extra:
+            EXAMPLES[cls.__name__] = extra["examples"]  # type: ignore[assignment]
+
+
+class StrictModel(Documented):
     # An unknown field is a typo the client wants to hear about, not silently dropped.
     model_config = ConfigDict(extra="forbid")
 

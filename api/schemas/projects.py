@@ -1,6 +1,6 @@
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from api.schemas.common import Identifier, Name, StrictModel
 
@@ -9,6 +9,10 @@ ProjectStatus = Literal["pending", "building", "pausing", "paused", "completed",
 
 
 class ProjectCreate(StrictModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "requirement": "Build an agent that triages customer support tickets and answers refund questions",
+        "project_name": "Support triage", "priority": 3, "tags": ["support"]}]})
+
     requirement: Annotated[str, StringConstraints(strip_whitespace=True, min_length=10, max_length=5000)]
     project_name: Name | None = None
     user_id: Identifier = "default"
@@ -17,5 +21,7 @@ class ProjectCreate(StrictModel):
 
 
 class ProjectControl(StrictModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"action": "pause", "reason": "checking the design"}]})
+
     action: Literal["pause", "resume", "stop", "restart"]
     reason: Annotated[str, StringConstraints(max_length=500)] | None = None

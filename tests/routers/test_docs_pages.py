@@ -108,7 +108,7 @@ def test_swagger_ui_lists_every_operation(visit: Visit, operations: dict[str, st
 def test_redoc_lists_every_operation(visit: Visit, operations: dict[str, str]) -> None:
     dom = visit.pages["/redoc"].dom
     ids = set(re.findall(r'id="tag/[^"/]+/operation/([^"]+)"', dom))
-    assert "list_projects_api_v1_projects_get" in ids and ">List Projects<" in dom
+    assert "projects-list_projects" in ids and ">List Projects<" in dom
     assert ids == set(operations)
 
 
