@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
 from api.config import get_settings
+from api.core.store_errors import StoreError
 from api.database.factory import BackendUnavailable, create_store
 from api.instrumentation import prepare_server
 from api.providers.factory import ProviderUnavailable, create_provider
@@ -58,6 +59,13 @@ async def _init_db() -> str:
     return store.backend_name
 
 
+async def _migrate() -> tuple[str, int]:
+    """The stored data converted to this release's layout, then opened as `init-db` does."""
+    store = create_store(get_settings())
+    converted = await store.migrate()
+    return await _init_db(), converted
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nexus-ai", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument("--port", type=int, help="default: API_PORT")
     serve_parser.add_argument("--workers", type=int, help="default: WORKERS")
     commands.add_parser("init-db", help="create or migrate the database, then exit")
+    commands.add_parser("migrate", help="convert a DynamoDB table written by an earlier "
+                        "release (every instance stopped), then exit as init-db does")
     args = parser.parse_args(argv)
     try:
         get_settings()
@@ -73,9 +83,16 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"nexus-ai: invalid settings (environment or .env):\n{exc}")
     if args.command == "serve":
         serve(args.host, args.port, args.workers)
-    else:
-        backend = asyncio.run(_init_db())
-        print(f"Database ready ({backend})", file=sys.stderr)
+        return
+    try:
+        if args.command == "migrate":
+            backend, converted = asyncio.run(_migrate())
+            print(f"Database ready ({backend}, {converted} items converted)", file=sys.stderr)
+        else:
+            backend = asyncio.run(_init_db())
+            print(f"Database ready ({backend})", file=sys.stderr)
+    except StoreError as exc:
+        sys.exit(f"nexus-ai: {exc}")
 
 
 if __name__ == "__main__":

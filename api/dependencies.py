@@ -11,7 +11,8 @@ from fastapi.routing import APIRoute
 
 from api.config import Settings
 from api.core.errors import ValidationFailed
-from api.database.store import Page, Store
+from api.core.context import bind
+from api.database.store import DEFAULT_TENANT, Page, Store
 from api.services.agent_service import AgentService
 from api.services.project_service import ProjectService
 from api.services.statistics_service import StatisticsService
@@ -25,20 +26,30 @@ async def _store(request: Request) -> Store:
     return request.app.state.store
 
 
-async def _projects(request: Request) -> ProjectService:
-    return request.app.state.project_service
+async def current_tenant() -> str:
+    """The tenant a request acts as: the one place that decides it. Every request is the
+    default tenant's until access control says whose key it carries."""
+    return DEFAULT_TENANT
 
 
-async def _agents(request: Request) -> AgentService:
-    return request.app.state.agent_service
+TenantDep = Annotated[str, Depends(current_tenant)]
 
 
-async def _statistics(request: Request) -> StatisticsService:
-    return request.app.state.statistics_service
+async def _projects(request: Request, tenant_id: TenantDep) -> ProjectService:
+    return request.app.state.project_service.for_tenant(tenant_id)
 
 
-async def count_api_call(request: Request) -> None:
-    request.app.state.api_calls.count()
+async def _agents(request: Request, tenant_id: TenantDep) -> AgentService:
+    return request.app.state.agent_service.for_tenant(tenant_id)
+
+
+async def _statistics(request: Request, tenant_id: TenantDep) -> StatisticsService:
+    return request.app.state.statistics_service.for_tenant(tenant_id)
+
+
+async def count_api_call(request: Request, tenant_id: TenantDep) -> None:
+    bind(tenant_id=tenant_id)
+    request.app.state.api_calls.count(tenant_id)
 
 
 # Each /api/v1 route's query parameter names, by id(route): routes compare by value and so

@@ -31,7 +31,7 @@ import httpx
 
 from api.config import Settings
 from api.core import ids
-from api.database.store import Store
+from api.database.store import DEFAULT_TENANT as TENANT, Store
 from api.main import create_app
 from bench.machine import describe
 from tests import moto_server
@@ -119,7 +119,7 @@ async def seed(client: Client, size: int) -> dict[str, Any]:
     for project in real:
         await wait_completed(client, project["project_id"])
     agents = (await client.call("GET", "/api/v1/agents", params={"limit": 100}))["items"]
-    template = await store.get_agent(agent_id=agents[0]["agent_id"])
+    template = await store.get_agent(tenant_id=TENANT, agent_id=agents[0]["agent_id"])
     assert template is not None
     now = time.time()
     for n in range(size - len(real)):
@@ -129,12 +129,12 @@ async def seed(client: Client, size: int) -> dict[str, Any]:
                  "progress": 0.0, "current_stage": None, "stages": [], "context": {},
                  "error": None, "request_id": None, "owner": None, "lease_until": None,
                  "created_at": at, "started_at": at, "finished_at": None, "updated_at": at}
-        await store.create_project(project={
+        await store.create_project(tenant_id=TENANT, project={
             "project_id": project_id, "user_id": f"user{n % 10}", "project_name": f"bulk {n}",
             "requirement": REQUIREMENTS[n % 2], "priority": 3, "tags": ["bench"],
             "status": "pending", "progress": 0.0, "current_stage": None,
             "latest_build_id": build["build_id"], "created_at": at, "updated_at": at}, build=build)
-        await store.update_build(build_id=build["build_id"], expect_status=("queued",), changes={
+        await store.update_build(tenant_id=TENANT, build_id=build["build_id"], expect_status=("queued",), changes={
             "status": "succeeded", "progress": 100.0, "finished_at": at, "updated_at": at,
             "duration_seconds": 42.0})
         agent = {key: value for key, value in template.items()
@@ -142,9 +142,9 @@ async def seed(client: Client, size: int) -> dict[str, Any]:
                                 "failed_invocations", "total_duration_ms", "last_invoked_at")}
         agent.update(agent_id=f"{project_id}:{template['agent_name']}", project_id=project_id,
                      build_id=build["build_id"], created_at=at, updated_at=at)
-        await store.put_agent(agent=agent)
+        await store.put_agent(tenant_id=TENANT, agent=agent)
         for _ in range(2):
-            await store.record_invocation(messages=[], invocation={
+            await store.record_invocation(tenant_id=TENANT, messages=[], invocation={
                 "invocation_id": ids.invocation_id(), "agent_id": agent["agent_id"],
                 "project_id": project_id, "session_id": None, "input_text": "hello",
                 "output": "hi", "status": "success", "error": None, "duration_ms": 3.0,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from api.database.sqlite import SQLiteStore
-from api.database.store import COUNTER_NAMES
+from api.database.store import COUNTER_NAMES, DEFAULT_TENANT, PLATFORM_SCOPE
 
 HISTORY_DAYS = 365
 FAILED_STAGES = ("requirements_analysis", "system_architecture", "agent_design", "agent_deployer")
@@ -185,12 +185,18 @@ def seed(path: Path, *, projects: int, builds_per_project: int, invocations: int
         "INSERT INTO agent_capabilities (capability, created_at, agent_id) VALUES (?, ?, ?)",
         (("ticket_triage", created, agent_id) for agent_id in agent_ids))
     counters["agents_running"] = agents
-    conn.executemany("INSERT INTO counters (name, value) VALUES (?, ?)",
-                     [(name, counters.get(name, 0.0)) for name in COUNTER_NAMES])
-    conn.executemany("INSERT INTO daily_stats (date, name, value) VALUES (?, ?, ?)",
-                     [(day, name, value) for (day, name), value in daily.items()])
-    conn.executemany("INSERT INTO daily_failed_stages (date, stage, count) VALUES (?, ?, ?)",
-                     [(day, stage, count) for (day, stage), count in failed_stages.items()])
+    # Every row is the default tenant's (the tables' default); its aggregates are the platform's.
+    scopes = (DEFAULT_TENANT, PLATFORM_SCOPE)
+    conn.executemany("INSERT INTO counters (tenant_id, name, value) VALUES (?, ?, ?)",
+                     [(scope, name, counters.get(name, 0.0)) for scope in scopes
+                      for name in COUNTER_NAMES])
+    conn.executemany("INSERT INTO daily_stats (tenant_id, date, name, value) VALUES (?, ?, ?, ?)",
+                     [(scope, day, name, value) for scope in scopes
+                      for (day, name), value in daily.items()])
+    conn.executemany(
+        "INSERT INTO daily_failed_stages (tenant_id, date, stage, count) VALUES (?, ?, ?, ?)",
+        [(scope, day, stage, count) for scope in scopes
+         for (day, stage), count in failed_stages.items()])
     conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = WAL")
     check_aggregates(conn)
@@ -202,7 +208,8 @@ def seed(path: Path, *, projects: int, builds_per_project: int, invocations: int
 
 def check_aggregates(conn: sqlite3.Connection) -> None:
     """The aggregates must say what the rows say, or the statistics item measures a lie."""
-    stored = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+    stored = dict(conn.execute("SELECT name, value FROM counters WHERE tenant_id = ?",
+                               (DEFAULT_TENANT,)).fetchall())
     builds = dict(conn.execute("SELECT status, count(*) FROM builds GROUP BY status").fetchall())
     invocations = dict(conn.execute(
         "SELECT status, count(*) FROM invocations GROUP BY status").fetchall())
@@ -225,13 +232,15 @@ def check_aggregates(conn: sqlite3.Connection) -> None:
         if abs(stored.get(name, 0) - value) > 1e-6 * max(1.0, abs(value)):
             raise AssertionError(f"seeded counter {name} = {stored.get(name)}, rows say {value}")
     daily_builds = conn.execute(
-        "SELECT COALESCE(SUM(value), 0) FROM daily_stats WHERE name = 'builds_total'").fetchone()[0]
+        "SELECT COALESCE(SUM(value), 0) FROM daily_stats WHERE tenant_id = 'default' "
+        "AND name = 'builds_total'").fetchone()[0]
     daily_invocations = conn.execute(
-        "SELECT COALESCE(SUM(value), 0) FROM daily_stats WHERE name = 'invocations_total'").fetchone()[0]
+        "SELECT COALESCE(SUM(value), 0) FROM daily_stats WHERE tenant_id = 'default' "
+        "AND name = 'invocations_total'").fetchone()[0]
     per_day = conn.execute(
         "SELECT count(*) FROM (SELECT substr(created_at, 1, 10) AS day, count(*) AS n FROM invocations "
         "GROUP BY day) AS rows LEFT JOIN daily_stats AS d ON d.date = rows.day "
-        "AND d.name = 'invocations_total' WHERE d.value IS NOT rows.n").fetchone()[0]
+        "AND d.name = 'invocations_total' AND d.tenant_id = 'default' WHERE d.value IS NOT rows.n").fetchone()[0]
     agents_sum = conn.execute("SELECT COALESCE(SUM(total_invocations), 0) FROM agents").fetchone()[0]
     if (daily_builds, daily_invocations, agents_sum) != (expected["builds_total"],
                                                          expected["invocations_total"],

@@ -7,6 +7,7 @@ carries that request's id along with the build's own ids.
 from contextvars import ContextVar
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+tenant_id_var: ContextVar[str | None] = ContextVar("tenant_id", default=None)
 project_id_var: ContextVar[str | None] = ContextVar("project_id", default=None)
 user_id_var: ContextVar[str | None] = ContextVar("user_id", default=None)
 build_id_var: ContextVar[str | None] = ContextVar("build_id", default=None)
@@ -15,6 +16,7 @@ invocation_id_var: ContextVar[str | None] = ContextVar("invocation_id", default=
 
 CONTEXT_VARS: dict[str, ContextVar[str | None]] = {
     "request_id": request_id_var,
+    "tenant_id": tenant_id_var,
     "project_id": project_id_var,
     "user_id": user_id_var,
     "build_id": build_id_var,

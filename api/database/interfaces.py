@@ -6,6 +6,15 @@ A service or the engine names the domains it uses (the statistics service needs 
 takes keyword arguments only. Conditional updates return False instead of raising when their
 condition does not hold, so the caller learns that another actor (a control action, another
 instance) got there first.
+
+Tenants: every record of a project, build, artifact, agent, invocation, session and message
+carries the `tenant_id` it was written for, and every method takes `tenant_id` and reads,
+lists, counts and deletes within it only, through keys and indexes that lead with it: a record
+of another tenant is exactly as absent as one that does not exist. Writes set each record's
+`tenant_id` from the argument (a caller never has to). Two kinds of method span tenants:
+the engine's lease methods (`list_claimable_builds`, `renew_leases`: one engine serves every
+tenant, and the builds they return carry their `tenant_id`), and the statistics reads with
+`tenant_id=None`, the platform-wide totals operators see.
 """
 
 import abc
@@ -35,44 +44,44 @@ class ProjectStore(abc.ABC):
     """Projects, their builds, the builds' stage logs and artifacts."""
 
     @abc.abstractmethod
-    async def create_project(self, *, project: Record, build: Record) -> None:
+    async def create_project(self, *, tenant_id: str, project: Record, build: Record) -> None:
         """Insert a project with its first (queued) build and count the build."""
 
     @abc.abstractmethod
-    async def get_project(self, *, project_id: str) -> Record | None: ...
+    async def get_project(self, *, tenant_id: str, project_id: str) -> Record | None: ...
 
     @abc.abstractmethod
     async def list_projects(
-        self, *, limit: int, last_key: str | None, status: str | None = None,
+        self, *, tenant_id: str, limit: int, last_key: str | None, status: str | None = None,
         user_id: str | None = None,
     ) -> Page:
         """Newest first."""
 
     @abc.abstractmethod
-    async def delete_project(self, *, project_id: str) -> bool:
+    async def delete_project(self, *, tenant_id: str, project_id: str) -> bool:
         """Delete the project and everything under it. Builds still active count as cancelled."""
 
     @abc.abstractmethod
-    async def add_build(self, *, build: Record) -> bool:
+    async def add_build(self, *, tenant_id: str, build: Record) -> bool:
         """Queue a new build of an existing project whose latest build is finished.
 
         False when the project is gone or its latest build is still active."""
 
     @abc.abstractmethod
-    async def get_build(self, *, build_id: str) -> Record | None: ...
+    async def get_build(self, *, tenant_id: str, build_id: str) -> Record | None: ...
 
     @abc.abstractmethod
-    async def get_project_with_latest_build(self, *, project_id: str) -> tuple[Record, Record] | None:
+    async def get_project_with_latest_build(self, *, tenant_id: str, project_id: str) -> tuple[Record, Record] | None:
         """The project and its latest build (None when either is missing): one snapshot where
         the backend has them (SQLite), two reads where it does not (DynamoDB)."""
 
     @abc.abstractmethod
-    async def list_builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page:
+    async def list_builds(self, *, tenant_id: str, project_id: str, limit: int, last_key: str | None) -> Page:
         """Newest first."""
 
     @abc.abstractmethod
     async def update_build(
-        self, *, build_id: str, changes: Record, expect_status: tuple[str, ...],
+        self, *, tenant_id: str, build_id: str, changes: Record, expect_status: tuple[str, ...],
         expect_owner: str | None = None, logs: Sequence[Record] = (),
         artifacts: Sequence[Record] = (),
     ) -> bool:
@@ -92,14 +101,14 @@ class ProjectStore(abc.ABC):
         complete without its output."""
 
     @abc.abstractmethod
-    async def list_build_logs(self, *, build_id: str, stage: str) -> list[Record]: ...
+    async def list_build_logs(self, *, tenant_id: str, build_id: str, stage: str) -> list[Record]: ...
 
     @abc.abstractmethod
-    async def list_artifacts(self, *, project_id: str) -> list[Record]:
+    async def list_artifacts(self, *, tenant_id: str, project_id: str) -> list[Record]:
         """Without content, ordered by path."""
 
     @abc.abstractmethod
-    async def get_artifact(self, *, project_id: str, path: str) -> Record | None: ...
+    async def get_artifact(self, *, tenant_id: str, project_id: str, path: str) -> Record | None: ...
 
 
 class LeaseStore(abc.ABC):
@@ -111,7 +120,7 @@ class LeaseStore(abc.ABC):
         owned under an expired lease; oldest first."""
 
     @abc.abstractmethod
-    async def claim_build(self, *, build_id: str, owner: str, lease_until: str, now: str) -> bool:
+    async def claim_build(self, *, tenant_id: str, build_id: str, owner: str, lease_until: str, now: str) -> bool:
         """Take a claimable build. Queued builds become running; others keep their status."""
 
     @abc.abstractmethod
@@ -124,7 +133,7 @@ class AgentStore(abc.ABC):
     """Agents and their invocations."""
 
     @abc.abstractmethod
-    async def put_agent(self, *, agent: Record, expect_owner: str | None = None) -> bool:
+    async def put_agent(self, *, tenant_id: str, agent: Record, expect_owner: str | None = None) -> bool:
         """Register or re-register (a rebuilt project) an agent, keeping its runtime stats.
 
         With `expect_owner`, only while the agent's build (`agent["build_id"]`) is still held
@@ -132,25 +141,25 @@ class AgentStore(abc.ABC):
         through another instance) registers nothing. False when nothing was registered."""
 
     @abc.abstractmethod
-    async def get_agent(self, *, agent_id: str) -> Record | None: ...
+    async def get_agent(self, *, tenant_id: str, agent_id: str) -> Record | None: ...
 
     @abc.abstractmethod
     async def list_agents(
-        self, *, limit: int, last_key: str | None, project_id: str | None = None,
+        self, *, tenant_id: str, limit: int, last_key: str | None, project_id: str | None = None,
         status: str | None = None, category: str | None = None,
         capabilities: list[str] | None = None,
     ) -> Page:
         """Newest first; `capabilities` matches agents having any of them."""
 
     @abc.abstractmethod
-    async def update_agent(self, *, agent_id: str, changes: Record) -> Record | None:
+    async def update_agent(self, *, tenant_id: str, agent_id: str, changes: Record) -> Record | None:
         """Returns the updated agent, None when it does not exist."""
 
     @abc.abstractmethod
-    async def delete_agent(self, *, agent_id: str) -> bool: ...
+    async def delete_agent(self, *, tenant_id: str, agent_id: str) -> bool: ...
 
     @abc.abstractmethod
-    async def record_invocation(self, *, invocation: Record, messages: list[Record]) -> None:
+    async def record_invocation(self, *, tenant_id: str, invocation: Record, messages: list[Record]) -> None:
         """Store an invocation (and, for a session turn, its messages), counting it in the
         agent's runtime stats, the daily and overall aggregates, and the session.
 
@@ -163,46 +172,47 @@ class AgentStore(abc.ABC):
         (the invocations that had a first token)."""
 
     @abc.abstractmethod
-    async def list_invocations(self, *, agent_id: str, limit: int, last_key: str | None) -> Page: ...
+    async def list_invocations(self, *, tenant_id: str, agent_id: str, limit: int, last_key: str | None) -> Page: ...
 
 
 class SessionStore(abc.ABC):
     """Sessions and their messages."""
 
     @abc.abstractmethod
-    async def create_session(self, *, session: Record) -> bool:
+    async def create_session(self, *, tenant_id: str, session: Record) -> bool:
         """False when the agent does not exist."""
 
     @abc.abstractmethod
-    async def get_session(self, *, session_id: str) -> Record | None: ...
+    async def get_session(self, *, tenant_id: str, session_id: str) -> Record | None: ...
 
     @abc.abstractmethod
-    async def list_sessions(self, *, agent_id: str, limit: int, last_key: str | None) -> Page:
+    async def list_sessions(self, *, tenant_id: str, agent_id: str, limit: int, last_key: str | None) -> Page:
         """Most recently active first."""
 
     @abc.abstractmethod
-    async def list_messages(self, *, session_id: str, limit: int, last_key: str | None) -> Page:
+    async def list_messages(self, *, tenant_id: str, session_id: str, limit: int, last_key: str | None) -> Page:
         """Oldest first."""
 
     @abc.abstractmethod
-    async def recent_messages(self, *, session_id: str, limit: int) -> list[Record]:
+    async def recent_messages(self, *, tenant_id: str, session_id: str, limit: int) -> list[Record]:
         """The last `limit` messages, oldest first (the history an invocation sees)."""
 
     @abc.abstractmethod
-    async def delete_session(self, *, session_id: str) -> bool: ...
+    async def delete_session(self, *, tenant_id: str, session_id: str) -> bool: ...
 
 
 class StatisticsStore(abc.ABC):
     """The aggregates behind the statistics, kept exact by the writes that count."""
 
     @abc.abstractmethod
-    async def get_counters(self) -> dict[str, float]:
+    async def get_counters(self, *, tenant_id: str | None) -> dict[str, float]:
         """Every name in COUNTER_NAMES."""
 
     @abc.abstractmethod
-    async def get_daily(self, *, start: str, end: str) -> list[Daily]:
+    async def get_daily(self, *, tenant_id: str | None, start: str, end: str) -> list[Daily]:
         """Days from start to end inclusive (ISO dates) that have any aggregate."""
 
     @abc.abstractmethod
-    async def add_api_calls(self, *, counts: dict[str, int]) -> None:
+    async def add_api_calls(self, *, tenant_id: str, counts: dict[str, int]) -> None:
         """Add HTTP request counts per ISO date."""
+

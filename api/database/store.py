@@ -65,6 +65,13 @@ def _value_bytes(value: Any) -> int:
         return 21
     return len(json.dumps(value).encode())
 
+# The tenant every request acts as until access control says whose key it is, and the one the
+# rows of a database written before tenants existed belong to.
+DEFAULT_TENANT = "default"
+# The aggregates' platform-wide scope, kept beside each tenant's by the same writes. Not a
+# valid tenant id (those are identifiers), so no tenant can read it as its own.
+PLATFORM_SCOPE = "*"
+
 # Build statuses that still hold a place in the engine (the build is not finished).
 # `pausing`: a pause is asked for and the step in progress is finishing; `paused` once it has.
 ACTIVE_BUILD_STATUSES = ("queued", "running", "pausing", "paused")
@@ -199,6 +206,13 @@ class Store(ProjectStore, LeaseStore, AgentStore, SessionStore, StatisticsStore)
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    async def migrate(self) -> int:
+        """Bring the stored data to this release's layout and close; returns the items
+        converted. Most backends do it in `open` (SQLite's migrations)."""
+        await self.open()
+        await self.close()
+        return 0
 
     @abc.abstractmethod
     async def ping(self) -> None:

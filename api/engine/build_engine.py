@@ -74,6 +74,7 @@ class BuildRun:
         self.build = build
         self.project = project
         self.build_id = build["build_id"]
+        self.tenant_id: str = build["tenant_id"]
         self.stages: list[dict[str, Any]] = build["stages"]
         self.context: dict[str, Any] = build["context"]
         self._lines: list[Record] = []  # stage log lines not yet saved
@@ -84,7 +85,7 @@ class BuildRun:
         still being ours: one store write per step boundary (docs/PERFORMANCE.md, item 6)."""
         current = next((s["name"] for s in self.stages if s["status"] == "running"), None)
         return await self.store.update_build(
-            build_id=self.build_id,
+            tenant_id=self.tenant_id, build_id=self.build_id,
             changes={"stages": self.stages, "context": self.context, "progress": progress(self.stages),
                      "usage": build_usage(self.stages), "current_stage": current,
                      "updated_at": utc_now(), **changes},
@@ -110,13 +111,13 @@ class BuildRun:
     async def _pause_or_abandon(self, stage: str, step: dict[str, Any]) -> None:
         """After a refused start: settle a pausing build as paused and hand it back to the
         store, unowned; return if it was resumed meanwhile (the caller tries again)."""
-        build = await self.store.get_build(build_id=self.build_id)
+        build = await self.store.get_build(tenant_id=self.tenant_id, build_id=self.build_id)
         if build is None or build["status"] not in HELD_BUILD_STATUSES or build["owner"] != self.engine.instance_id:
             raise BuildAbandoned("build was stopped, deleted or taken over")
         if build["status"] in ("pausing", "paused"):
             message = f"Build paused before {step['name']}"
             if await self.store.update_build(
-                    build_id=self.build_id, changes={"status": "paused", "owner": None,
+                    tenant_id=self.tenant_id, build_id=self.build_id, changes={"status": "paused", "owner": None,
                                                      "lease_until": None, "updated_at": utc_now()},
                     expect_status=("pausing", "paused"), expect_owner=self.engine.instance_id,
                     logs=[self._line(stage, message)]):
@@ -176,7 +177,8 @@ class BuildRun:
         design = self.context["design"]
         now = utc_now()
         agent_id = f"{self.project['project_id']}:{design['agent_name']}"
-        registered = await self.store.put_agent(expect_owner=self.engine.instance_id, agent={
+        registered = await self.store.put_agent(
+                tenant_id=self.tenant_id, expect_owner=self.engine.instance_id, agent={
             "agent_id": agent_id, "project_id": self.project["project_id"],
             "agent_name": design["agent_name"], "description": design["description"],
             "category": design["category"], "capabilities": design["capabilities"],
@@ -241,6 +243,8 @@ class BuildEngine:
         self.instance_id = f"engine_{uuid.uuid4().hex[:12]}"
         self.accepting = False
         self._runs: dict[str, asyncio.Task[None]] = {}
+        # The tenant of each build in _runs: shutdown hands them back by their keys.
+        self._run_tenants: dict[str, str] = {}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         # One build at a time does its bookkeeping (store writes and the work around them on
@@ -268,20 +272,21 @@ class BuildEngine:
 
     # -- control: each a conditional store write, so that two instances acting on one build
     # -- (or an action racing the build's own progress) never both win ----------------------
-    async def create(self, *, project: Record) -> tuple[Record, Record]:
+    async def create(self, *, tenant_id: str, project: Record) -> tuple[Record, Record]:
         """Store `project` (its own fields) with its first build, queued; returns both as
         stored."""
         build = new_build(project["project_id"])
         now = build["created_at"]
-        project = {**project, "status": "pending", "progress": 0.0, "current_stage": None,
+        project = {**project, "tenant_id": tenant_id, "status": "pending", "progress": 0.0, "current_stage": None,
                    "latest_build_id": build["build_id"], "created_at": now, "updated_at": now}
-        await self.store.create_project(project=project, build=build)
+        build["tenant_id"] = tenant_id
+        await self.store.create_project(tenant_id=tenant_id, project=project, build=build)
         self._wake_up()
         return project, build
 
-    async def restart(self, *, project_id: str) -> bool:
+    async def restart(self, *, tenant_id: str, project_id: str) -> bool:
         """Queue a new build of a project whose latest build is finished."""
-        if not await self.store.add_build(build=new_build(project_id)):
+        if not await self.store.add_build(tenant_id=tenant_id, build=new_build(project_id)):
             return False
         self._wake_up()
         return True
@@ -291,7 +296,8 @@ class BuildEngine:
         status read tried first: if the build moved on since, the other may still apply."""
         moves = tuple(sorted(moves, key=lambda move: move[0] != build["status"]))
         for before, after in moves:
-            if await self.store.update_build(build_id=build["build_id"], expect_status=(before,),
+            if await self.store.update_build(tenant_id=build["tenant_id"], build_id=build["build_id"],
+                                             expect_status=(before,),
                                              changes={"status": after, "updated_at": utc_now()}):
                 return True
         return False
@@ -326,7 +332,8 @@ class BuildEngine:
         # A build stopped before it started has no duration; one stopped later ran until now.
         duration = _seconds_between(build["started_at"], now) if build["started_at"] else None
         if not await self.store.update_build(
-                build_id=build["build_id"], expect_status=ACTIVE_BUILD_STATUSES, changes={
+                tenant_id=build["tenant_id"], build_id=build["build_id"],
+                expect_status=ACTIVE_BUILD_STATUSES, changes={
                     "status": "cancelled", "finished_at": now, "updated_at": now, "owner": None,
                     "lease_until": None, "stages": stages, "current_stage": None,
                     "duration_seconds": duration}):
@@ -337,7 +344,8 @@ class BuildEngine:
 
     async def delete_project(self, project: Record) -> bool:
         """Delete a project with everything under it, ending its build's run here."""
-        if not await self.store.delete_project(project_id=project["project_id"]):
+        if not await self.store.delete_project(tenant_id=project["tenant_id"],
+                                               project_id=project["project_id"]):
             return False
         self._abandon(project["latest_build_id"])
         return True
@@ -348,14 +356,16 @@ class BuildEngine:
         self.accepting = False
         for loop in self._loops:
             loop.cancel()
-        runs = list(self._runs.items())
-        for _, task in runs:
+        # With their tenants read now: a cancelled run forgets its build as it ends.
+        runs = [(build_id, self._run_tenants[build_id], task) for build_id, task in self._runs.items()]
+        for _, _, task in runs:
             task.cancel()
-        await asyncio.gather(*self._loops, *(task for _, task in runs), return_exceptions=True)
-        for build_id, _ in runs:
+        await asyncio.gather(*self._loops, *(task for _, _, task in runs), return_exceptions=True)
+        for build_id, tenant_id, _ in runs:
             try:
                 await self.store.update_build(
-                    build_id=build_id, changes={"owner": None, "lease_until": None},
+                    tenant_id=tenant_id, build_id=build_id,
+                    changes={"owner": None, "lease_until": None},
                     expect_status=ACTIVE_BUILD_STATUSES, expect_owner=self.instance_id)
             except StoreError:
                 logger.exception("Could not hand back build on shutdown", extra={"build_id": build_id})
@@ -381,12 +391,14 @@ class BuildEngine:
         if free <= 0 or not self.accepting:
             return
         for build in await self.store.list_claimable_builds(now=utc_now(), limit=free):
+            build_id, tenant_id = build["build_id"], build["tenant_id"]
             claimed = await self.store.claim_build(
-                build_id=build["build_id"], owner=self.instance_id,
+                tenant_id=tenant_id, build_id=build_id, owner=self.instance_id,
                 lease_until=_after(self.lease_seconds), now=utc_now())
             if claimed:
-                self._runs[build["build_id"]] = asyncio.create_task(
-                    self._run(build["build_id"]), name=f"build-{build['build_id']}")
+                self._run_tenants[build_id] = tenant_id
+                self._runs[build_id] = asyncio.create_task(
+                    self._run(tenant_id, build_id), name=f"build-{build_id}")
 
     async def _renew(self) -> None:
         while True:
@@ -404,13 +416,14 @@ class BuildEngine:
             for build_id in running - still_ours:
                 self._abandon(build_id)
 
-    async def _run(self, build_id: str) -> None:
+    async def _run(self, tenant_id: str, build_id: str) -> None:
         try:
-            build = await self.store.get_build(build_id=build_id)
-            project = await self.store.get_project(project_id=build["project_id"]) if build else None
+            build = await self.store.get_build(tenant_id=tenant_id, build_id=build_id)
+            project = build and await self.store.get_project(tenant_id=tenant_id,
+                                                             project_id=build["project_id"])
             if build is None or project is None:
                 return
-            bind(request_id=build["request_id"], build_id=build_id,
+            bind(request_id=build["request_id"], build_id=build_id, tenant_id=tenant_id,
                  project_id=project["project_id"], user_id=project["user_id"])
             run = BuildRun(self, build, project)
             metrics.build_started()
@@ -424,6 +437,7 @@ class BuildEngine:
             logger.exception("Build lost its store; another start will resume it")
         finally:
             self._runs.pop(build_id, None)
+            self._run_tenants.pop(build_id, None)
             self._wake_up()
 
     async def _execute(self, run: BuildRun) -> None:

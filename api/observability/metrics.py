@@ -261,7 +261,8 @@ async def _store_families(store: Any) -> list[Metric]:
     families: list[Metric] = [up]
     try:
         await asyncio.wait_for(store.ping(), STORE_PROBE_TIMEOUT_SECONDS)
-        counters = await asyncio.wait_for(store.get_counters(), STORE_PROBE_TIMEOUT_SECONDS)
+        counters = await asyncio.wait_for(store.get_counters(tenant_id=None),
+                                         STORE_PROBE_TIMEOUT_SECONDS)
     except Exception:  # the store is down, whatever the reason: say so, serve the rest
         up.add_metric([store.backend_name], 0)
         return families

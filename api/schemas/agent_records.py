@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.schemas.envelope import TIMESTAMP_EXAMPLE, Page, Record
+from api.schemas.envelope import TIMESTAMP_EXAMPLE, Page, Record, TenantRecord
 
 AGENT_ID_EXAMPLE = "proj_a7dc304a08fe:triages_customer_agent"
 
@@ -35,9 +35,9 @@ class RuntimeStats(Record):
     avg_time_to_first_token_ms: float
 
 
-class AgentPublic(Record):
+class AgentPublic(TenantRecord):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "agent_id": AGENT_ID_EXAMPLE, "project_id": "proj_a7dc304a08fe",
+        "tenant_id": "default", "agent_id": AGENT_ID_EXAMPLE, "project_id": "proj_a7dc304a08fe",
         "agent_name": "triages_customer_agent",
         "description": "Triages support tickets and answers refund questions",
         "category": "customer_support", "capabilities": ["ticket_triage", "refunds"],
@@ -74,9 +74,9 @@ class TraceStep(BaseModel):
     step: str
 
 
-class InvocationPublic(Record):
+class InvocationPublic(TenantRecord):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "invocation_id": "inv_e5717620c68a0bba", "agent_id": AGENT_ID_EXAMPLE,
+        "tenant_id": "default", "invocation_id": "inv_e5717620c68a0bba", "agent_id": AGENT_ID_EXAMPLE,
         "project_id": "proj_a7dc304a08fe", "session_id": None,
         "input_text": "Where is my refund for order 1042?",
         "output": "[offline provider] triages_customer_agent received: …", "status": "success",
@@ -104,9 +104,9 @@ class InvocationPublic(Record):
         default=None, description="With `enable_trace` on an invocation, always in the list")
 
 
-class SessionPublic(Record):
+class SessionPublic(TenantRecord):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "session_id": "sess_c726aeeefa01f083", "agent_id": AGENT_ID_EXAMPLE,
+        "tenant_id": "default", "session_id": "sess_c726aeeefa01f083", "agent_id": AGENT_ID_EXAMPLE,
         "display_name": "Refund questions", "metadata": {"channel": "web"}, "message_count": 2,
         "created_at": TIMESTAMP_EXAMPLE, "last_active_at": TIMESTAMP_EXAMPLE}]})
 
@@ -119,7 +119,7 @@ class SessionPublic(Record):
     last_active_at: datetime
 
 
-class MessagePublic(Record):
+class MessagePublic(TenantRecord):
     message_id: str = Field(pattern=r"^msg_[0-9a-f]{16}$")
     session_id: str
     role: Literal["user", "assistant"]

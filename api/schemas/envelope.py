@@ -26,6 +26,12 @@ class Record(Documented):
     model_config = ConfigDict(extra="forbid")
 
 
+class TenantRecord(Record):
+    """A record of the data model: every one belongs to exactly one tenant."""
+
+    tenant_id: str = Field(description="The tenant owning the record (`default` until API keys)")
+
+
 class Envelope(Record, Generic[T]):
     success: Literal[True]
     data: T

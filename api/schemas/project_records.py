@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from api.schemas.envelope import TIMESTAMP_EXAMPLE, Page, Record
+from api.schemas.envelope import TIMESTAMP_EXAMPLE, Page, Record, TenantRecord
 from api.schemas.projects import ProjectStatus
 
 BuildStatus = Literal["queued", "running", "pausing", "paused", "succeeded", "failed", "cancelled"]
@@ -88,7 +88,7 @@ class StageSummary(StageFields):
     sub_stages: list[SubStageSummary]
 
 
-class BuildSummary(Record):
+class BuildSummary(TenantRecord):
     build_id: str
     project_id: str
     status: BuildStatus
@@ -114,7 +114,7 @@ class BuildPublic(BuildSummary):
 
 
 _PROJECT = {
-    "project_id": "proj_a7dc304a08fe", "user_id": "default", "project_name": "Support triage",
+    "tenant_id": "default", "project_id": "proj_a7dc304a08fe", "user_id": "default", "project_name": "Support triage",
     "requirement": "Build an agent that triages customer support tickets and answers refund questions",
     "priority": 3, "tags": ["support"], "status": "building", "progress": 54.0,
     "current_stage": "agent_developer_manager", "latest_build_id": "build_af2b10b7db78",
@@ -123,7 +123,7 @@ _STAGE = {"name": "agent_developer_manager", "order": 5, "weight": 45, "status":
           "started_at": TIMESTAMP_EXAMPLE, "completed_at": None, "duration_seconds": None, "error": None}
 
 
-class ProjectPublic(Record):
+class ProjectPublic(TenantRecord):
     """A project as lists show it."""
 
     project_id: str = Field(pattern=r"^proj_[0-9a-f]{12}$")
@@ -152,7 +152,8 @@ class ProjectDetail(ProjectPublic):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         **_PROJECT,
         "latest_build": {
-            "build_id": "build_af2b10b7db78", "project_id": "proj_a7dc304a08fe", "status": "running",
+            "tenant_id": "default", "build_id": "build_af2b10b7db78", "project_id": "proj_a7dc304a08fe",
+            "status": "running",
             "progress": 54.0, "current_stage": "agent_developer_manager", "error": None,
             "request_id": "c6739363-59a5-41bc-800b-081a4cd88593", "recoveries": 0,
             "duration_seconds": None, "created_at": TIMESTAMP_EXAMPLE, "started_at": TIMESTAMP_EXAMPLE,
@@ -169,7 +170,7 @@ class ProjectDetail(ProjectPublic):
     stages_snapshot: list[StageSummary]
 
 
-class ArtifactPublic(Record):
+class ArtifactPublic(TenantRecord):
     project_id: str
     path: str
     build_id: str

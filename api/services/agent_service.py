@@ -17,6 +17,7 @@ from api.providers.base import ModelError, ModelRequest, TextDelta
 from api.providers.client import ModelCall, ModelClient, StreamProgress
 from api.schemas.agents import AgentStatusUpdate, AgentUpdate, SessionCreate
 from api.services.conversation import HISTORY_MESSAGES, conversation, model_trace
+from api.services.tenancy import TenantScoped
 
 logger = logging.getLogger("api.services.agent_service")
 
@@ -83,7 +84,7 @@ class Heartbeat:
     """Nothing new from the model for HEARTBEAT_SECONDS (a stream sends a comment)."""
 
 
-class AgentService:
+class AgentService(TenantScoped):
     def __init__(self, *, store: Store, client: ModelClient, settings: Settings) -> None:
         self.store = store
         self.client = client
@@ -91,14 +92,14 @@ class AgentService:
         self._calls: set[asyncio.Task[None]] = set()
 
     async def _agent(self, agent_id: str) -> Record:
-        agent = await self.store.get_agent(agent_id=agent_id)
+        agent = await self.store.get_agent(tenant_id=self.tenant_id, agent_id=agent_id)
         if agent is None:
             raise NotFound("agent", agent_id)
         bind(agent_id=agent_id, project_id=agent["project_id"])
         return agent
 
     async def _session(self, session_id: str) -> Record:
-        session = await self.store.get_session(session_id=session_id)
+        session = await self.store.get_session(tenant_id=self.tenant_id, session_id=session_id)
         if session is None:
             raise NotFound("session", session_id)
         return session
@@ -108,7 +109,7 @@ class AgentService:
 
     async def list_agents(self, *, limit: int, last_key: str | None, project_id: str | None,
                    status: str | None, category: str | None, capabilities: list[str] | None) -> Page:
-        page = await self.store.list_agents(limit=limit, last_key=last_key, project_id=project_id,
+        page = await self.store.list_agents(tenant_id=self.tenant_id, limit=limit, last_key=last_key, project_id=project_id,
                                             status=status, category=category,
                                             capabilities=capabilities)
         page.items = [agent_public(agent) for agent in page.items]
@@ -116,13 +117,14 @@ class AgentService:
 
     async def update(self, *, agent_id: str, body: AgentUpdate) -> Record:
         changes = body.model_dump(exclude_unset=True, exclude_none=True)
-        agent = await self.store.update_agent(agent_id=agent_id, changes={**changes, "updated_at": utc_now()})
+        agent = await self.store.update_agent(tenant_id=self.tenant_id, agent_id=agent_id,
+                                              changes={**changes, "updated_at": utc_now()})
         if agent is None:
             raise NotFound("agent", agent_id)
         return agent_public(agent)
 
     async def set_status(self, *, agent_id: str, body: AgentStatusUpdate) -> Record:
-        agent = await self.store.update_agent(agent_id=agent_id, changes={
+        agent = await self.store.update_agent(tenant_id=self.tenant_id, agent_id=agent_id, changes={
             "status": body.status, "error_message": body.error_message, "updated_at": utc_now()})
         if agent is None:
             raise NotFound("agent", agent_id)
@@ -130,7 +132,7 @@ class AgentService:
         return agent_public(agent)
 
     async def delete(self, *, agent_id: str) -> None:
-        if not await self.store.delete_agent(agent_id=agent_id):
+        if not await self.store.delete_agent(tenant_id=self.tenant_id, agent_id=agent_id):
             raise NotFound("agent", agent_id)
         logger.info("Agent deleted", extra={"agent_id": agent_id})
 
@@ -154,7 +156,8 @@ class AgentService:
             session = await self._session(session_id)
             if session["agent_id"] != agent_id:
                 raise NotFound("session", session_id)
-            history = await self.store.recent_messages(session_id=session_id, limit=HISTORY_MESSAGES)
+            history = await self.store.recent_messages(tenant_id=self.tenant_id, session_id=session_id,
+                                                       limit=HISTORY_MESSAGES)
         talk = conversation(agent=agent, input_text=input_text, history=history,
                             budget_tokens=self.settings.agent_history_token_budget)
         request = ModelRequest(
@@ -240,7 +243,8 @@ class AgentService:
             output_tokens=usage.output_tokens, tokens_estimated=usage.estimated,
             time_to_first_token_ms=progress.time_to_first_token_ms)
         return {
-            "invocation_id": turn.invocation_id, "agent_id": turn.agent["agent_id"],
+            "tenant_id": self.tenant_id, "invocation_id": turn.invocation_id,
+            "agent_id": turn.agent["agent_id"],
             "project_id": turn.agent["project_id"], "session_id": turn.session_id,
             "input_text": turn.input_text, "output": call.text if call else (progress.text or None),
             "status": status, "error": error, "duration_ms": progress.elapsed_ms(),
@@ -257,15 +261,18 @@ class AgentService:
         session_id, messages = turn.session_id, []
         if session_id is not None and invocation["status"] == "success":
             messages = [
-                {"message_id": ids.message_id(), "session_id": session_id, "role": "user",
+                {"tenant_id": self.tenant_id, "message_id": ids.message_id(),
+                 "session_id": session_id, "role": "user",
                  "content": turn.input_text, "invocation_id": invocation["invocation_id"],
                  "created_at": invocation["created_at"]},
-                {"message_id": ids.message_id(), "session_id": session_id, "role": "assistant",
+                {"tenant_id": self.tenant_id, "message_id": ids.message_id(),
+                 "session_id": session_id, "role": "assistant",
                  "content": invocation["output"], "invocation_id": invocation["invocation_id"],
                  "created_at": utc_now()},
             ]
         try:
-            await self.store.record_invocation(invocation=invocation, messages=messages)
+            await self.store.record_invocation(tenant_id=self.tenant_id, invocation=invocation,
+                                               messages=messages)
         except LookupError as exc:
             raise NotFound("agent or session", session_id or turn.agent["agent_id"]) from exc
         status = invocation["status"]
@@ -278,23 +285,25 @@ class AgentService:
 
     async def invocations(self, *, agent_id: str, limit: int, last_key: str | None) -> Page:
         await self._agent(agent_id)
-        page = await self.store.list_invocations(agent_id=agent_id, limit=limit, last_key=last_key)
+        page = await self.store.list_invocations(tenant_id=self.tenant_id, agent_id=agent_id,
+                                                 limit=limit, last_key=last_key)
         page.items = [invocation_public(item, with_trace=True) for item in page.items]
         return page
 
     # -- sessions --------------------------------------------------------------------------
     async def create_session(self, *, agent_id: str, body: SessionCreate) -> Record:
         now = utc_now()
-        session = {"session_id": ids.session_id(), "agent_id": agent_id,
+        session = {"tenant_id": self.tenant_id, "session_id": ids.session_id(), "agent_id": agent_id,
                    "display_name": body.display_name, "metadata": body.metadata,
                    "message_count": 0, "created_at": now, "last_active_at": now}
-        if not await self.store.create_session(session=session):
+        if not await self.store.create_session(tenant_id=self.tenant_id, session=session):
             raise NotFound("agent", agent_id)
         return session
 
     async def sessions(self, *, agent_id: str, limit: int, last_key: str | None) -> Page:
         await self._agent(agent_id)
-        return await self.store.list_sessions(agent_id=agent_id, limit=limit, last_key=last_key)
+        return await self.store.list_sessions(tenant_id=self.tenant_id, agent_id=agent_id,
+                                              limit=limit, last_key=last_key)
 
     async def get_session(self, *, session_id: str) -> Record:
         return await self._session(session_id)
@@ -312,11 +321,12 @@ class AgentService:
 
     async def messages(self, *, session_id: str, limit: int, last_key: str | None) -> Page:
         await self._session(session_id)
-        page = await self.store.list_messages(session_id=session_id, limit=limit, last_key=last_key)
+        page = await self.store.list_messages(tenant_id=self.tenant_id, session_id=session_id,
+                                              limit=limit, last_key=last_key)
         for message in page.items:
             message.pop("seq", None)
         return page
 
     async def delete_session(self, *, session_id: str) -> None:
-        if not await self.store.delete_session(session_id=session_id):
+        if not await self.store.delete_session(tenant_id=self.tenant_id, session_id=session_id):
             raise NotFound("session", session_id)

@@ -1,4 +1,4 @@
-"""Counts HTTP API requests per UTC day without a database write per request.
+"""Counts HTTP API requests per tenant and UTC day without a database write per request.
 
 Counts accumulate in memory and are added to the store's daily aggregate every few seconds
 and at shutdown; the statistics add what is still pending, so the figure is exact.
@@ -23,25 +23,30 @@ class ApiCallCounter:
     def __init__(self, *, store: StatisticsStore, flush_seconds: float) -> None:
         self.store = store
         self.flush_seconds = flush_seconds
-        self._pending: Counter[str] = Counter()
-        self._flushing: Counter[str] = Counter()
+        # (tenant_id, date) -> requests not yet stored, and those being stored.
+        self._pending: Counter[tuple[str, str]] = Counter()
+        self._flushing: Counter[tuple[str, str]] = Counter()
         self._task: asyncio.Task[None] | None = None
 
-    def count(self) -> None:
-        self._pending[today()] += 1
+    def count(self, tenant_id: str) -> None:
+        self._pending[(tenant_id, today())] += 1
 
-    def pending(self, date: str) -> int:
-        return self._pending[date] + self._flushing[date]
+    def pending(self, tenant_id: str, date: str) -> int:
+        return self._pending[(tenant_id, date)] + self._flushing[(tenant_id, date)]
 
     async def flush(self) -> None:
         if not self._pending:
             return
         self._flushing, self._pending = self._pending, Counter()
-        try:
-            await self.store.add_api_calls(counts=dict(self._flushing))
-        except StoreError:
-            logger.warning("Could not store API call counts; keeping them for the next flush")
-            self._pending.update(self._flushing)
+        by_tenant: dict[str, dict[str, int]] = {}
+        for (tenant_id, date), count in self._flushing.items():
+            by_tenant.setdefault(tenant_id, {})[date] = count
+        for tenant_id, counts in by_tenant.items():
+            try:
+                await self.store.add_api_calls(tenant_id=tenant_id, counts=counts)
+            except StoreError:
+                logger.warning("Could not store API call counts; keeping them for the next flush")
+                self._pending.update({(tenant_id, date): n for date, n in counts.items()})
         self._flushing = Counter()
 
     async def _flush_forever(self) -> None:

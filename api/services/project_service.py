@@ -13,6 +13,7 @@ from api.database.store import ACTIVE_BUILD_STATUSES, PROJECT_STATUS_FOR_BUILD, 
 from api.engine.build_engine import BuildEngine
 from api.engine.stages import STAGE_NAMES
 from api.schemas.projects import ProjectControl, ProjectCreate
+from api.services.tenancy import TenantScoped
 
 logger = logging.getLogger("api.services.project_service")
 
@@ -52,13 +53,13 @@ def _stage_summary(stage: Record) -> Record:
         "sub_stages": [{"name": sub["name"], "status": sub["status"]} for sub in stage["sub_stages"]]}
 
 
-class ProjectService:
+class ProjectService(TenantScoped):
     def __init__(self, *, store: Store, engine: BuildEngine) -> None:
         self.store = store
         self.engine = engine
 
     async def _project(self, project_id: str) -> Record:
-        project = await self.store.get_project(project_id=project_id)
+        project = await self.store.get_project(tenant_id=self.tenant_id, project_id=project_id)
         if project is None:
             raise NotFound("project", project_id)
         bind(project_id=project_id, user_id=project["user_id"])
@@ -66,7 +67,8 @@ class ProjectService:
 
     async def _project_and_build(self, project_id: str) -> tuple[Record, Record]:
         """The project and its latest build."""
-        found = await self.store.get_project_with_latest_build(project_id=project_id)
+        found = await self.store.get_project_with_latest_build(tenant_id=self.tenant_id,
+                                                               project_id=project_id)
         if found is None:
             raise NotFound("project", project_id)
         bind(project_id=project_id, user_id=found[0]["user_id"])
@@ -77,7 +79,7 @@ class ProjectService:
             raise ServiceUnavailable("The service is shutting down and accepts no new builds.")
         project_id = ids.project_id()
         bind(project_id=project_id, user_id=body.user_id)
-        project, build = await self.engine.create(project={
+        project, build = await self.engine.create(tenant_id=self.tenant_id, project={
             "project_id": project_id, "user_id": body.user_id,
             "project_name": body.project_name or default_project_name(body.requirement),
             "requirement": body.requirement, "priority": body.priority, "tags": body.tags,
@@ -100,8 +102,8 @@ class ProjectService:
 
     async def list_projects(self, *, limit: int, last_key: str | None, status: str | None,
                    user_id: str | None) -> Page:
-        return await self.store.list_projects(limit=limit, last_key=last_key, status=status,
-                                              user_id=user_id)
+        return await self.store.list_projects(tenant_id=self.tenant_id, limit=limit,
+                                              last_key=last_key, status=status, user_id=user_id)
 
     async def stages(self, *, project_id: str) -> list[Record]:
         _, build = await self._project_and_build(project_id)
@@ -112,9 +114,11 @@ class ProjectService:
             raise NotFound("stage", stage_name)
         _, build = await self._project_and_build(project_id)
         stage = next(s for s in build["stages"] if s["name"] == stage_name)
-        artifacts = [a for a in await self.store.list_artifacts(project_id=project_id)
+        artifacts = [a for a in await self.store.list_artifacts(tenant_id=self.tenant_id,
+                                                                project_id=project_id)
                      if a["stage"] == stage_name and a["build_id"] == build["build_id"]]
-        logs = await self.store.list_build_logs(build_id=build["build_id"], stage=stage_name)
+        logs = await self.store.list_build_logs(tenant_id=self.tenant_id, build_id=build["build_id"],
+                                                stage=stage_name)
         return {**stage, "build_id": build["build_id"], "artifacts": artifacts, "logs": logs}
 
     async def control(self, *, project_id: str, body: ProjectControl) -> Record:
@@ -125,7 +129,7 @@ class ProjectService:
                 f"Cannot {body.action} a project whose status is {project['status']!r}",
                 details={"status": project["status"], "action": body.action})
         if body.action == "restart":
-            applied = await self.engine.restart(project_id=project_id)
+            applied = await self.engine.restart(tenant_id=self.tenant_id, project_id=project_id)
         else:
             act = {"pause": self.engine.pause, "resume": self.engine.resume, "stop": self.engine.stop}
             applied = await act[body.action](build)
@@ -142,17 +146,19 @@ class ProjectService:
 
     async def builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page:
         await self._project(project_id)
-        page = await self.store.list_builds(project_id=project_id, limit=limit, last_key=last_key)
+        page = await self.store.list_builds(tenant_id=self.tenant_id, project_id=project_id,
+                                            limit=limit, last_key=last_key)
         page.items = [build_public(build) for build in page.items]
         return page
 
     async def artifacts(self, *, project_id: str) -> list[Record]:
         await self._project(project_id)
-        return await self.store.list_artifacts(project_id=project_id)
+        return await self.store.list_artifacts(tenant_id=self.tenant_id, project_id=project_id)
 
     async def artifact(self, *, project_id: str, path: str) -> dict[str, Any]:
         await self._project(project_id)
-        artifact = await self.store.get_artifact(project_id=project_id, path=path)
+        artifact = await self.store.get_artifact(tenant_id=self.tenant_id, project_id=project_id,
+                                                 path=path)
         if artifact is None:
             raise NotFound("artifact", path)
         return artifact

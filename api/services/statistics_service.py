@@ -6,6 +6,7 @@ from typing import Any, Literal
 from api.core.errors import ValidationFailed
 from api.database.interfaces import Daily, StatisticsStore
 from api.services.api_call_counter import ApiCallCounter, today
+from api.services.tenancy import TenantScoped
 
 DEFAULT_DAYS = 7
 MAX_DAYS = 366
@@ -34,15 +35,15 @@ def _success_rate(succeeded: float, failed: float) -> float:
     return round(100.0 * succeeded / (succeeded + failed), 2) if succeeded + failed else 0.0
 
 
-class StatisticsService:
+class StatisticsService(TenantScoped):
     def __init__(self, *, store: StatisticsStore, api_calls: ApiCallCounter) -> None:
         self.store = store
         self.api_calls = api_calls
 
     async def overview(self) -> dict[str, Any]:
-        counters = await self.store.get_counters()
+        counters = await self.store.get_counters(tenant_id=self.tenant_id)
         day = today()
-        todays = await self.store.get_daily(start=day, end=day)
+        todays = await self.store.get_daily(tenant_id=self.tenant_id, start=day, end=day)
         counts = todays[0].counts if todays else {}
         succeeded, failed = counters["builds_succeeded"], counters["builds_failed"]
         return {
@@ -57,7 +58,7 @@ class StatisticsService:
             "success_rate": _success_rate(succeeded, failed),
             "avg_build_time_minutes": _ratio(counters["build_seconds_succeeded"], succeeded, 1 / 60),
             "today_calls": int(counts.get("invocations_total", 0)),
-            "today_api_calls": int(counts.get("api_calls", 0)) + self.api_calls.pending(day),
+            "today_api_calls": int(counts.get("api_calls", 0)) + self.api_calls.pending(self.tenant_id, day),
             "total_invocations": int(counters["invocations_total"]),
             "tokens": {**_token_totals(counters, counts, TOKEN_SOURCES),
                        "invocations": _token_totals(counters, counts, ("invocation",)),
@@ -73,13 +74,13 @@ class StatisticsService:
             raise ValidationFailed("start_date", "must not be after end_date")
         if (end - start).days >= MAX_DAYS:
             raise ValidationFailed("start_date", f"the range may span at most {MAX_DAYS} days")
-        stored = {day.date: day for day in await self.store.get_daily(start=start.isoformat(),
-                                                                     end=end.isoformat())}
+        stored = {day.date: day for day in await self.store.get_daily(
+            tenant_id=self.tenant_id, start=start.isoformat(), end=end.isoformat())}
         days = []
         for offset in range((end - start).days + 1):
             key = (start + timedelta(days=offset)).isoformat()
             day = stored.get(key, Daily(date=key))
-            day.counts["api_calls"] = day.counts.get("api_calls", 0) + self.api_calls.pending(key)
+            day.counts["api_calls"] = day.counts.get("api_calls", 0) + self.api_calls.pending(self.tenant_id, key)
             days.append(day)
         return days
 

@@ -23,6 +23,7 @@ from api.observability import db_observer
 from tests import moto_server
 from tests.conftest import free_port
 from tests.database.test_store_contract import (
+    TENANT,
     add_project,
     new_agent,
     new_invocation,
@@ -47,8 +48,13 @@ def stored_keys(store: DynamoDBStore) -> set[str]:
     return {item["pk"] for item in table(store).scan()["Items"]}
 
 
+def unscoped(key: str) -> str:
+    """A partition key without its tenant's scope (T#<tenant>#)."""
+    return key.split("#", 2)[2] if key.startswith("T#") else key
+
+
 def aggregates_only(keys: set[str]) -> bool:
-    return all(key.startswith(("COUNTERS#", "DAILY#")) for key in keys)
+    return all(key == "#LAYOUT" or unscoped(key).startswith(("COUNTERS#", "DAILY#")) for key in keys)
 
 
 @pytest.fixture
@@ -64,20 +70,20 @@ async def store(tmp_path: Path) -> AsyncIterator[DynamoDBStore]:
 
 async def everything_under_a_project(store: DynamoDBStore) -> tuple[dict[str, Any], dict[str, Any]]:
     project, build = await add_project(store)
-    assert await store.claim_build(build_id=build["build_id"], owner="engine_a",
+    assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner="engine_a",
                                    lease_until=ts(600), now=ts(1))
-    assert await store.update_build(
+    assert await store.update_build(tenant_id=TENANT,
         build_id=build["build_id"], changes={"updated_at": ts(3)}, expect_status=("running",),
         logs=[{"stage": "orchestrator", "timestamp": ts(2), "level": "INFO", "message": "started"}],
         artifacts=[{"project_id": project["project_id"], "build_id": build["build_id"],
                     "path": "agent/a.py", "stage": "agent_developer_manager", "content": "x = 1\n",
                     "size": 6, "created_at": ts(3)}])
     agent = new_agent(project["project_id"], capabilities=["alpha", "beta"])
-    await store.put_agent(agent=agent)
+    await store.put_agent(tenant_id=TENANT, agent=agent)
     session = new_session(agent, at=ts(4))
-    assert await store.create_session(session=session)
+    assert await store.create_session(tenant_id=TENANT, session=session)
     await session_turn(store, agent, session, at=ts(5))
-    await store.record_invocation(invocation=new_invocation(agent, created_at=ts(6)), messages=[])
+    await store.record_invocation(tenant_id=TENANT, invocation=new_invocation(agent, created_at=ts(6)), messages=[])
     return project, agent
 
 
@@ -173,8 +179,8 @@ def test_settings_choose_region_retries_and_timeouts(monkeypatch: pytest.MonkeyP
 # -- requests ------------------------------------------------------------------------------------
 async def overview_requests(store: DynamoDBStore) -> int:
     before = sum(store.request_counts.values())
-    await store.get_counters()
-    await store.get_daily(start="2024-03-01", end="2024-03-01")
+    await store.get_counters(tenant_id=TENANT)
+    await store.get_daily(tenant_id=TENANT, start="2024-03-01", end="2024-03-01")
     return sum(store.request_counts.values()) - before
 
 
@@ -184,39 +190,41 @@ async def test_the_overview_costs_the_same_requests_whatever_the_data_size(
     agent = await registered_agent(store)
     for n in range(40):
         await add_project(store, created_at=ts(n))
-        await store.record_invocation(invocation=new_invocation(agent, created_at=ts(n)),
+        await store.record_invocation(tenant_id=TENANT, invocation=new_invocation(agent, created_at=ts(n)),
                                       messages=[])
-    await store.add_api_calls(counts={"2024-03-01": 500})
+    await store.add_api_calls(tenant_id=TENANT, counts={"2024-03-01": 500})
     assert await overview_requests(store) == 2
-    assert (await store.get_counters())["invocations_total"] == 40
+    assert (await store.get_counters(tenant_id=TENANT))["invocations_total"] == 40
 
 
 async def test_counters_are_sharded_and_summed_exactly(store: DynamoDBStore) -> None:
     agent = await registered_agent(store)
-    await asyncio.gather(*(store.record_invocation(
+    await asyncio.gather(*(store.record_invocation(tenant_id=TENANT,
         invocation=new_invocation(agent, created_at=ts(n / 100), duration_ms=1.5), messages=[])
         for n in range(60)))
-    shards = {key for key in stored_keys(store) if key.startswith("COUNTERS#")}
-    assert 1 < len(shards) <= COUNTER_SHARDS
-    counters = await store.get_counters()
-    assert (counters["invocations_total"], counters["invocation_ms_total"]) == (60, 90.0)
+    for scope in (f"T#{TENANT}#", "T#*#"):  # the tenant's shards and the platform's
+        shards = {key for key in stored_keys(store) if key.startswith(f"{scope}COUNTERS#")}
+        assert 1 < len(shards) <= COUNTER_SHARDS
+    for tenant_id in (TENANT, None):
+        counters = await store.get_counters(tenant_id=tenant_id)
+        assert (counters["invocations_total"], counters["invocation_ms_total"]) == (60, 90.0)
 
 
 async def test_no_operation_scans(store: DynamoDBStore) -> None:
     project, _ = await everything_under_a_project(store)
-    for call in (store.list_projects(limit=5, last_key=None, status="building", user_id="alice"),
-                 store.list_agents(limit=5, last_key=None, capabilities=["beta", "gamma"]),
-                 store.list_agents(limit=5, last_key=None, category="customer_support",
+    for call in (store.list_projects(tenant_id=TENANT, limit=5, last_key=None, status="building", user_id="alice"),
+                 store.list_agents(tenant_id=TENANT, limit=5, last_key=None, capabilities=["beta", "gamma"]),
+                 store.list_agents(tenant_id=TENANT, limit=5, last_key=None, category="customer_support",
                                    status="running"),
                  store.list_claimable_builds(now=ts(10_000), limit=5),
                  store.renew_leases(owner="engine_a", lease_until=ts(900)),
-                 store.get_daily(start="2000-01-01", end="2100-01-01")):
+                 store.get_daily(tenant_id=TENANT, start="2000-01-01", end="2100-01-01")):
         await call
-    assert await store.delete_project(project_id=project["project_id"])
+    assert await store.delete_project(tenant_id=TENANT, project_id=project["project_id"])
     assert "Scan" not in store.request_counts
     assert set(store.request_counts) <= {"DescribeTable", "CreateTable", "GetItem", "Query",
                                          "BatchGetItem", "BatchWriteItem", "TransactWriteItems",
-                                         "UpdateItem"}
+                                         "UpdateItem", "PutItem"}  # PutItem: the layout marker
 
 
 # -- throttling ----------------------------------------------------------------------------------
@@ -265,23 +273,24 @@ class ThrottlingProxy:
 
 
 async def test_throttling_is_retried_counted_and_finally_a_store_error(tmp_path: Path) -> None:
-    async with ThrottlingProxy("GetItem", throttle=2) as proxy:
+    async with ThrottlingProxy("GetItem", throttle=0) as proxy:
         store = DynamoDBStore(region=moto_server.REGION, endpoint_url=proxy.endpoint,
                               table_prefix=moto_server.new_prefix(), connect_timeout_seconds=2.0,
                               read_timeout_seconds=5.0, max_attempts=3, retry_mode="standard",
                               slow_query_threshold_seconds=10.0, credentials=moto_server.CREDENTIALS)
         await store.open()
-        reported = db_observer.figures.throttle_retries
+        proxy.throttle = 2
+        reported, gets = db_observer.figures.throttle_retries, store.request_counts["GetItem"]
         try:
-            assert await store.get_project(project_id="proj_000000000000") is None
-            assert (store.throttle_retries, store.request_counts["GetItem"]) == (2, 3)
+            assert await store.get_project(tenant_id=TENANT, project_id="proj_000000000000") is None
+            assert (store.throttle_retries, store.request_counts["GetItem"] - gets) == (2, 3)
             # ... and reported where the health check and /metrics read it.
             assert db_observer.figures.throttle_retries == reported + 2
             assert db_observer.figures.snapshot()["throttle_retries"] == reported + 2
 
             proxy.throttle = 3
             with pytest.raises(StoreThrottled, match="throttled GetItem after 3 attempts"):
-                await store.get_project(project_id="proj_000000000000")
+                await store.get_project(tenant_id=TENANT, project_id="proj_000000000000")
             assert store.throttle_retries == 4
         finally:
             await store.close()
@@ -292,38 +301,38 @@ async def test_throttling_is_retried_counted_and_finally_a_store_error(tmp_path:
 async def test_empty_and_oversized_key_values_are_handled_without_raw_errors(
         store: DynamoDBStore) -> None:
     project, build = await add_project(store, user_id="")
-    assert [p["project_id"] for p in (await store.list_projects(
+    assert [p["project_id"] for p in (await store.list_projects(tenant_id=TENANT,
         limit=5, last_key=None, user_id="")).items] == [project["project_id"]]
-    assert await store.update_build(build_id=build["build_id"], changes={"updated_at": ts(1)},
+    assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"], changes={"updated_at": ts(1)},
                                     expect_status=("queued",), artifacts=[
         {"project_id": project["project_id"], "build_id": build["build_id"], "path": "",
          "stage": "", "content": "", "size": 0, "created_at": ts(1)}])
-    assert (await store.get_artifact(project_id=project["project_id"], path=""))["content"] == ""
-    assert await store.get_project(project_id="") is None
-    assert (await store.list_agents(limit=5, last_key=None, category="")).items == []
-    assert (await store.list_agents(limit=5, last_key=None, capabilities=[""])).items == []
+    assert (await store.get_artifact(tenant_id=TENANT, project_id=project["project_id"], path=""))["content"] == ""
+    assert await store.get_project(tenant_id=TENANT, project_id="") is None
+    assert (await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, category="")).items == []
+    assert (await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, capabilities=[""])).items == []
 
     huge = "x" * 3000
-    assert await store.get_project(project_id=huge) is None
-    assert await store.get_agent(agent_id=huge) is None
-    assert (await store.list_agents(limit=5, last_key=None, project_id=huge)).items == []
-    assert await store.update_build(build_id=huge, changes={}, expect_status=("queued",)) is False
+    assert await store.get_project(tenant_id=TENANT, project_id=huge) is None
+    assert await store.get_agent(tenant_id=TENANT, agent_id=huge) is None
+    assert (await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, project_id=huge)).items == []
+    assert await store.update_build(tenant_id=TENANT, build_id=huge, changes={}, expect_status=("queued",)) is False
     with pytest.raises(InvalidValue) as refused:
-        await store.put_agent(agent=new_agent(project["project_id"], name=huge))
+        await store.put_agent(tenant_id=TENANT, agent=new_agent(project["project_id"], name=huge))
     assert refused.value.field == "agent_id"
 
 
 async def test_reserved_words_are_ordinary_values_and_names(store: DynamoDBStore) -> None:
     project, _ = await add_project(store, user_id="status")
     agent = new_agent(project["project_id"], category="size", capabilities=["name", "data", "select"])
-    await store.put_agent(agent=agent)
+    await store.put_agent(tenant_id=TENANT, agent=agent)
     session = {**new_session(agent, at=ts(1)), "metadata": {"status": 1, "size": "x", "owner": None}}
-    assert await store.create_session(session=session)
-    assert (await store.get_session(session_id=session["session_id"]))["metadata"] == session["metadata"]
-    assert len((await store.list_projects(limit=5, last_key=None, user_id="status")).items) == 1
-    assert len((await store.list_agents(limit=5, last_key=None, category="size",
+    assert await store.create_session(tenant_id=TENANT, session=session)
+    assert (await store.get_session(tenant_id=TENANT, session_id=session["session_id"]))["metadata"] == session["metadata"]
+    assert len((await store.list_projects(tenant_id=TENANT, limit=5, last_key=None, user_id="status")).items) == 1
+    assert len((await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, category="size",
                                         capabilities=["select"])).items) == 1
-    updated = await store.update_agent(agent_id=agent["agent_id"], changes={"status": "offline",
+    updated = await store.update_agent(tenant_id=TENANT, agent_id=agent["agent_id"], changes={"status": "offline",
                                                                             "error_message": "size"})
     assert updated is not None and updated["status"] == "offline"
 
@@ -334,37 +343,37 @@ async def test_deletes_leave_nothing_but_the_aggregates(store: DynamoDBStore) ->
     kept, kept_agent = await everything_under_a_project(store)
     before = stored_keys(store)
 
-    assert await store.delete_project(project_id=project["project_id"])
+    assert await store.delete_project(tenant_id=TENANT, project_id=project["project_id"])
     left = stored_keys(store)
     assert not any(project["project_id"] in key or agent["agent_id"] in key for key in left)
     assert not any(key.startswith(("CLEANUP", "LEASE#")) for key in left - before)
 
-    sessions = (await store.list_sessions(agent_id=kept_agent["agent_id"], limit=5, last_key=None)).items
-    assert await store.delete_session(session_id=sessions[0]["session_id"])
-    assert await store.delete_agent(agent_id=kept_agent["agent_id"])
-    assert await store.delete_project(project_id=kept["project_id"])
+    sessions = (await store.list_sessions(tenant_id=TENANT, agent_id=kept_agent["agent_id"], limit=5, last_key=None)).items
+    assert await store.delete_session(tenant_id=TENANT, session_id=sessions[0]["session_id"])
+    assert await store.delete_agent(tenant_id=TENANT, agent_id=kept_agent["agent_id"])
+    assert await store.delete_project(tenant_id=TENANT, project_id=kept["project_id"])
     assert aggregates_only(stored_keys(store))
 
 
 async def test_a_delete_interrupted_by_a_crash_is_finished_by_the_next_open(
         store: DynamoDBStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     project, _ = await everything_under_a_project(store)
-    counters = await store.get_counters()
+    counters = await store.get_counters(tenant_id=TENANT)
 
     async def process_dies(*_: Any) -> None:
         raise SystemExit("killed after the first write of the delete")
 
     monkeypatch.setattr(store, "_purge_project", process_dies)
     with pytest.raises(SystemExit):
-        await store.delete_project(project_id=project["project_id"])
-    assert await store.get_project(project_id=project["project_id"]) is None
+        await store.delete_project(tenant_id=TENANT, project_id=project["project_id"])
+    assert await store.get_project(tenant_id=TENANT, project_id=project["project_id"]) is None
     assert "CLEANUP" in stored_keys(store)
 
     restarted = moto_server.dynamodb_store(tmp_path)
     await restarted.open()
     try:
         assert aggregates_only(stored_keys(restarted))
-        after = await restarted.get_counters()
+        after = await restarted.get_counters(tenant_id=TENANT)
         assert (after["builds_cancelled"] - counters["builds_cancelled"],
                 after["agents_running"] - counters["agents_running"]) == (1, -1)
     finally:
@@ -379,12 +388,12 @@ async def test_instances_racing_for_one_build_let_exactly_one_claim_it(
         await other.open()
     try:
         _, build = await add_project(store)
-        claims = await asyncio.gather(*(other.claim_build(
+        claims = await asyncio.gather(*(other.claim_build(tenant_id=TENANT,
             build_id=build["build_id"], owner=f"engine_{n}", lease_until=ts(60), now=ts(1))
             for n, other in enumerate(others)))
         assert sorted(claims) == [False, False, False, True]
         winner = f"engine_{claims.index(True)}"
-        assert (await store.get_build(build_id=build["build_id"]))["owner"] == winner
+        assert (await store.get_build(tenant_id=TENANT, build_id=build["build_id"]))["owner"] == winner
         # The winner's renewal finds the build; the losers hold nothing.
         renewals = await asyncio.gather(*(other.renew_leases(owner=f"engine_{n}", lease_until=ts(90))
                                           for n, other in enumerate(others)))
@@ -400,20 +409,20 @@ async def test_a_stop_through_another_instance_reaches_the_owner_through_its_lea
     await other.open()
     try:
         _, build = await add_project(store)
-        assert await store.claim_build(build_id=build["build_id"], owner="engine_a",
+        assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner="engine_a",
                                        lease_until=ts(60), now=ts(1))
         # The owner's copy is cached; the other instance's write must still win.
-        assert await store.update_build(build_id=build["build_id"], changes={"progress": 5.0},
+        assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"], changes={"progress": 5.0},
                                         expect_status=("running",), expect_owner="engine_a")
-        assert await other.update_build(build_id=build["build_id"],
+        assert await other.update_build(tenant_id=TENANT, build_id=build["build_id"],
                                         changes={"status": "cancelled", "owner": None,
                                                  "lease_until": None, "finished_at": ts(2),
                                                  "updated_at": ts(2)},
                                         expect_status=("running",))
-        assert await store.update_build(build_id=build["build_id"], changes={"progress": 9.0},
+        assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"], changes={"progress": 9.0},
                                         expect_status=("running",), expect_owner="engine_a") is False
         assert await store.renew_leases(owner="engine_a", lease_until=ts(90)) == []
-        assert (await store.get_build(build_id=build["build_id"]))["progress"] == 5.0
+        assert (await store.get_build(tenant_id=TENANT, build_id=build["build_id"]))["progress"] == 5.0
     finally:
         await other.close()
 
@@ -425,21 +434,24 @@ async def test_session_turns_from_two_instances_keep_one_sequence(store: DynamoD
     try:
         agent = await registered_agent(store)
         session = new_session(agent, at=ts(1))
-        assert await store.create_session(session=session)
+        assert await store.create_session(tenant_id=TENANT, session=session)
         await asyncio.gather(*(session_turn(instance, agent, session, at=ts(10 + n))
                                for n in range(6) for instance in (store, other)))
-        messages = (await store.list_messages(session_id=session["session_id"], limit=100,
+        messages = (await store.list_messages(tenant_id=TENANT, session_id=session["session_id"], limit=100,
                                               last_key=None)).items
         assert [m["seq"] for m in messages] == list(range(1, 25))
-        assert (await other.get_session(session_id=session["session_id"]))["message_count"] == 24
-        assert (await store.get_agent(agent_id=agent["agent_id"]))["total_invocations"] == 12
+        assert (await other.get_session(tenant_id=TENANT, session_id=session["session_id"]))["message_count"] == 24
+        assert (await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"]))["total_invocations"] == 12
     finally:
         await other.close()
 
 
 def test_the_store_modules_never_scan() -> None:
     database = REPO / "api" / "database"
-    modules = [*sorted((database / "dynamodb").glob("*.py")), database / "dynamodb_client.py"]
+    # layout.py scans by design and only there: one item at the start of an instance that finds
+    # a table without the layout marker, and the whole table in `nexus-ai migrate`.
+    modules = [*sorted(set((database / "dynamodb").glob("*.py")) - {database / "dynamodb" / "layout.py"}),
+               database / "dynamodb_client.py"]
     assert len(modules) > 2
     for module in modules:
         source = module.read_text()

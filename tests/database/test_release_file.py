@@ -4,10 +4,14 @@ read back through the API, and keep working: the guard for the next schema's mig
 
 import json
 import shutil
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
+from api.database.sqlite import SQLiteStore
+from api.database.store import DEFAULT_TENANT, Record
 from tests.conftest import make_settings, serving
 
 RELEASE_FILES = sorted((Path(__file__).resolve().parent / "fixtures").glob("release-*.db"))
@@ -40,3 +44,40 @@ async def test_a_release_file_reads_back_and_keeps_working(database: Path, tmp_p
         assert rebuilt["latest_build_id"] != project["latest_build_id"]
         overview = await api.call("GET", "/api/v1/statistics/overview")
         assert (overview["total_builds"], overview["successful_builds"]) == (2, 2)
+
+
+@pytest.mark.parametrize("database", RELEASE_FILES, ids=lambda path: path.stem)
+async def test_a_release_file_migrates_to_the_default_tenant(database: Path, tmp_path: Path) -> None:
+    """Its rows become the default tenant's, whose aggregates, and the platform's, are the
+    file's; any other tenant finds nothing."""
+    ids = json.loads(database.with_suffix(".json").read_text())
+    path = tmp_path / "nexus-ai.db"
+    shutil.copyfile(database, path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3  # before tenants
+        before = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        before_days = sorted(conn.execute("SELECT date, name, value FROM daily_stats").fetchall())
+    store = SQLiteStore(path=path, slow_query_threshold_seconds=1.0)
+    await store.open()
+    try:
+        async def records(tenant: str) -> list[Record | None]:
+            return [await store.get_project(tenant_id=tenant, project_id=ids["project_id"]),
+                    await store.get_agent(tenant_id=tenant, agent_id=ids["agent_id"]),
+                    await store.get_session(tenant_id=tenant, session_id=ids["session_id"])]
+
+        assert [record and record["tenant_id"] for record in await records(DEFAULT_TENANT)] == [
+            DEFAULT_TENANT] * 3
+        assert await records("globex") == [None] * 3
+        for tenant, listed in ((DEFAULT_TENANT, [ids["project_id"]]), ("globex", [])):
+            page = await store.list_projects(tenant_id=tenant, limit=10, last_key=None)
+            assert [project["project_id"] for project in page.items] == listed
+        for scope in (DEFAULT_TENANT, None):
+            counters = await store.get_counters(tenant_id=scope)
+            assert {name: value for name, value in counters.items() if value} == {
+                name: value for name, value in before.items() if value}
+            days = await store.get_daily(tenant_id=scope, start="2000-01-01", end="2100-12-31")
+            assert sorted((day.date, name, value) for day in days
+                          for name, value in day.counts.items()) == before_days
+        assert not any((await store.get_counters(tenant_id="globex")).values())
+    finally:
+        await store.close()

@@ -27,6 +27,9 @@ from api.database.store import (
 )
 from api.engine.stages import initial_stages
 
+# Not the default tenant, so that nothing here passes by reading the default's records; the
+# two-tenant tests (test_store_tenants.py) add a second.
+TENANT = "acme"
 BASE = datetime(2024, 3, 1, 8, 0, tzinfo=UTC)
 DAY0, DAY1, DAY2, DAY3 = ("2024-03-01", "2024-03-02", "2024-03-03", "2024-03-04")
 AGENT_STATS = {"total_invocations": 0, "successful_invocations": 0, "failed_invocations": 0,
@@ -41,27 +44,27 @@ def ts(seconds: float = 0.0, *, day: int = 0) -> str:
 
 
 # -- records ---------------------------------------------------------------------------------
-def new_build(project_id: str, *, created_at: str) -> Record:
+def new_build(project_id: str, *, created_at: str, tenant_id: str = TENANT) -> Record:
     return {
-        "build_id": ids.build_id(), "project_id": project_id, "status": "queued", "progress": 0.0,
+        "tenant_id": tenant_id, "build_id": ids.build_id(), "project_id": project_id, "status": "queued", "progress": 0.0,
         "current_stage": None, "stages": initial_stages(), "context": {}, "error": None,
         "request_id": "req-contract", "owner": None, "lease_until": None,
         "created_at": created_at, "started_at": None, "finished_at": None, "updated_at": created_at,
     }
 
 
-async def add_project(store: Store, *, created_at: str | None = None,
-                      user_id: str = "alice") -> tuple[Record, Record]:
+async def add_project(store: Store, *, created_at: str | None = None, user_id: str = "alice",
+                      tenant_id: str = TENANT) -> tuple[Record, Record]:
     created_at = created_at or ts()
     project_id = ids.project_id()
-    build = new_build(project_id, created_at=created_at)
+    build = new_build(project_id, created_at=created_at, tenant_id=tenant_id)
     project = {
-        "project_id": project_id, "user_id": user_id, "project_name": f"project {project_id}",
+        "tenant_id": tenant_id, "project_id": project_id, "user_id": user_id, "project_name": f"project {project_id}",
         "requirement": "Build an agent that triages support tickets", "priority": 3,
         "tags": ["contract", user_id], "status": "pending", "progress": 0.0, "current_stage": None,
         "latest_build_id": build["build_id"], "created_at": created_at, "updated_at": created_at,
     }
-    await store.create_project(project=project, build=build)
+    await store.create_project(tenant_id=tenant_id, project=project, build=build)
     return project, build
 
 
@@ -76,7 +79,7 @@ def finished(status: str, *, at: str, duration: float = 60.0,
 
 async def finish(store: Store, build: Record, status: str = "succeeded", *, at: str | None = None,
                  duration: float = 60.0, error: Record | None = None) -> None:
-    assert await store.update_build(build_id=build["build_id"],
+    assert await store.update_build(tenant_id=build["tenant_id"], build_id=build["build_id"],
                                     changes=finished(status, at=at or ts(60), duration=duration,
                                                      error=error),
                                     expect_status=ACTIVE_BUILD_STATUSES)
@@ -84,10 +87,10 @@ async def finish(store: Store, build: Record, status: str = "succeeded", *, at: 
 
 def new_agent(project_id: str, *, name: str = "triage_agent", created_at: str | None = None,
               status: str = "running", category: str = "customer_support",
-              capabilities: list[str] | None = None) -> Record:
+              capabilities: list[str] | None = None, tenant_id: str = TENANT) -> Record:
     now = created_at or ts(100)
     return {
-        "agent_id": f"{project_id}:{name}", "project_id": project_id, "agent_name": name,
+        "tenant_id": tenant_id, "agent_id": f"{project_id}:{name}", "project_id": project_id, "agent_name": name,
         "description": f"Agent {name}", "category": category,
         "capabilities": capabilities if capabilities is not None else ["ticket_triage"],
         "tools": [{"name": "lookup_order", "description": "Fetch an order",
@@ -97,10 +100,10 @@ def new_agent(project_id: str, *, name: str = "triage_agent", created_at: str | 
     }
 
 
-async def registered_agent(store: Store, **fields: Any) -> Record:
-    project, _ = await add_project(store)
-    agent = new_agent(project["project_id"], **fields)
-    await store.put_agent(agent=agent)
+async def registered_agent(store: Store, *, tenant_id: str = TENANT, **fields: Any) -> Record:
+    project, _ = await add_project(store, tenant_id=tenant_id)
+    agent = new_agent(project["project_id"], tenant_id=tenant_id, **fields)
+    await store.put_agent(tenant_id=tenant_id, agent=agent)
     return agent
 
 
@@ -108,7 +111,8 @@ def new_invocation(agent: Record, *, created_at: str, status: str = "success",
                    duration_ms: float = 10.0, session_id: str | None = None,
                    tokens: tuple[int, int] = (0, 0), ttft_ms: float | None = None) -> Record:
     return {
-        "invocation_id": ids.invocation_id(), "agent_id": agent["agent_id"],
+        "tenant_id": agent["tenant_id"], "invocation_id": ids.invocation_id(),
+        "agent_id": agent["agent_id"],
         "project_id": agent["project_id"], "session_id": session_id,
         "input_text": f"question at {created_at}",
         "output": "answer" if status == "success" else None, "status": status,
@@ -121,7 +125,8 @@ def new_invocation(agent: Record, *, created_at: str, status: str = "success",
 
 
 def new_session(agent: Record, *, at: str) -> Record:
-    return {"session_id": ids.session_id(), "agent_id": agent["agent_id"], "display_name": "chat",
+    return {"tenant_id": agent.get("tenant_id", TENANT), "session_id": ids.session_id(),
+            "agent_id": agent["agent_id"], "display_name": "chat",
             "metadata": {"channel": "web"}, "message_count": 0, "created_at": at,
             "last_active_at": at}
 
@@ -129,11 +134,12 @@ def new_session(agent: Record, *, at: str) -> Record:
 def turn(invocation: Record, *, at: str) -> list[Record]:
     """The user and assistant messages of one session turn."""
     return [
-        {"message_id": ids.message_id(), "session_id": invocation["session_id"], "role": "user",
+        {"tenant_id": invocation["tenant_id"], "message_id": ids.message_id(),
+         "session_id": invocation["session_id"], "role": "user",
          "content": invocation["input_text"], "invocation_id": invocation["invocation_id"],
          "created_at": at},
-        {"message_id": ids.message_id(), "session_id": invocation["session_id"],
-         "role": "assistant", "content": f"reply to {invocation['input_text']}",
+        {"tenant_id": invocation["tenant_id"], "message_id": ids.message_id(),
+         "session_id": invocation["session_id"], "role": "assistant", "content": f"reply to {invocation['input_text']}",
          "invocation_id": invocation["invocation_id"], "created_at": at},
     ]
 
@@ -141,7 +147,8 @@ def turn(invocation: Record, *, at: str) -> list[Record]:
 async def session_turn(store: Store, agent: Record, session: Record, *, at: str) -> list[Record]:
     invocation = new_invocation(agent, created_at=at, session_id=session["session_id"])
     messages = turn(invocation, at=at)
-    await store.record_invocation(invocation=invocation, messages=messages)
+    await store.record_invocation(tenant_id=agent["tenant_id"], invocation=invocation,
+                                  messages=messages)
     return messages
 
 
@@ -152,8 +159,8 @@ def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]
     return {name: after[name] - before[name] for name in COUNTER_NAMES if after[name] != before[name]}
 
 
-async def day_counts(store: Store, date: str) -> dict[str, float]:
-    days = await store.get_daily(start=date, end=date)
+async def day_counts(store: Store, date: str, tenant_id: str | None = TENANT) -> dict[str, float]:
+    days = await store.get_daily(tenant_id=tenant_id, start=date, end=date)
     assert len(days) <= 1
     return {name: value for name, value in days[0].counts.items() if value} if days else {}
 
@@ -192,10 +199,10 @@ def cursor_of(value: Any) -> str:
 # -- lifecycle -------------------------------------------------------------------------------
 async def test_a_new_store_answers_ping_and_holds_nothing(store: Store) -> None:
     await store.ping()
-    assert await store.get_counters() == {name: 0 for name in COUNTER_NAMES}
-    assert await store.get_daily(start="2000-01-01", end="2100-12-31") == []
-    for page in (await store.list_projects(limit=5, last_key=None),
-                 await store.list_agents(limit=5, last_key=None)):
+    assert await store.get_counters(tenant_id=TENANT) == {name: 0 for name in COUNTER_NAMES}
+    assert await store.get_daily(tenant_id=TENANT, start="2000-01-01", end="2100-12-31") == []
+    for page in (await store.list_projects(tenant_id=TENANT, limit=5, last_key=None),
+                 await store.list_agents(tenant_id=TENANT, limit=5, last_key=None)):
         assert (page.items, page.last_key) == ([], None)
 
 
@@ -205,9 +212,9 @@ async def test_a_second_instance_on_the_same_data_sees_what_the_first_wrote(
     other = make_store()
     await other.open()
     try:
-        assert await other.get_project(project_id=project["project_id"]) == project
-        assert (await other.get_build(build_id=build["build_id"]))["status"] == "queued"
-        assert (await other.get_counters())["builds_total"] == 1
+        assert await other.get_project(tenant_id=TENANT, project_id=project["project_id"]) == project
+        assert (await other.get_build(tenant_id=TENANT, build_id=build["build_id"]))["status"] == "queued"
+        assert (await other.get_counters(tenant_id=TENANT))["builds_total"] == 1
     finally:
         await other.close()
 
@@ -215,17 +222,17 @@ async def test_a_second_instance_on_the_same_data_sees_what_the_first_wrote(
 # -- projects --------------------------------------------------------------------------------
 async def test_create_project_stores_the_project_with_its_queued_build_and_counts_it(
         store: Store) -> None:
-    before = await store.get_counters()
+    before = await store.get_counters(tenant_id=TENANT)
     project, build = await add_project(store, created_at=ts(5))
 
-    assert await store.get_project(project_id=project["project_id"]) == project
-    stored = await store.get_build(build_id=build["build_id"])
+    assert await store.get_project(tenant_id=TENANT, project_id=project["project_id"]) == project
+    stored = await store.get_build(tenant_id=TENANT, build_id=build["build_id"])
     assert {key: stored[key] for key in build} == build
     assert stored["recoveries"] == 0 and stored["duration_seconds"] is None
-    assert delta(before, await store.get_counters()) == {"builds_total": 1, "builds_active": 1}
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {"builds_total": 1, "builds_active": 1}
     assert await day_counts(store, DAY0) == {"builds_total": 1}
-    assert await store.get_project(project_id="proj_000000000000") is None
-    assert await store.get_build(build_id="build_000000000000") is None
+    assert await store.get_project(tenant_id=TENANT, project_id="proj_000000000000") is None
+    assert await store.get_build(tenant_id=TENANT, build_id="build_000000000000") is None
 
 
 async def test_list_projects_pages_newest_first_with_and_without_filters(store: Store) -> None:
@@ -239,18 +246,18 @@ async def test_list_projects_pages_newest_first_with_and_without_filters(store: 
         if n % 4 == 1:
             await finish(store, build, "succeeded")
         elif n % 4 == 2:
-            assert await store.claim_build(build_id=build["build_id"], owner="engine_a",
+            assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner="engine_a",
                                            lease_until=ts(600), now=ts(30))
         elif n % 8 == 3:
             await finish(store, build, "cancelled")
-    everything = [await store.get_project(project_id=b["project_id"]) for b in builds]
+    everything = [await store.get_project(tenant_id=TENANT, project_id=b["project_id"]) for b in builds]
     assert {p["status"] for p in everything} == {"pending", "completed", "building", "stopped"}
 
     for status in (None, "pending", "completed", "building", "stopped", "failed"):
         for user_id in (None, *users):
             expected = {p["project_id"]: p for p in everything
                         if status in (None, p["status"]) and user_id in (None, p["user_id"])}
-            items = await walk(lambda key, status=status, user_id=user_id: store.list_projects(
+            items = await walk(lambda key, status=status, user_id=user_id: store.list_projects(tenant_id=TENANT,
                 limit=4, last_key=key, status=status, user_id=user_id), limit=4)
             assert set(id_list(items, "project_id")) == set(expected), (status, user_id)
             assert_newest_first(items)
@@ -258,17 +265,17 @@ async def test_list_projects_pages_newest_first_with_and_without_filters(store: 
 
 
 LISTINGS: dict[str, Callable[[Store, str], Awaitable[Page]]] = {
-    "projects": lambda store, key: store.list_projects(limit=5, last_key=key),
-    "projects by status": lambda store, key: store.list_projects(limit=5, last_key=key,
+    "projects": lambda store, key: store.list_projects(tenant_id=TENANT, limit=5, last_key=key),
+    "projects by status": lambda store, key: store.list_projects(tenant_id=TENANT, limit=5, last_key=key,
                                                                  status="pending"),
-    "agents": lambda store, key: store.list_agents(limit=5, last_key=key),
-    "agents by capability": lambda store, key: store.list_agents(limit=5, last_key=key,
+    "agents": lambda store, key: store.list_agents(tenant_id=TENANT, limit=5, last_key=key),
+    "agents by capability": lambda store, key: store.list_agents(tenant_id=TENANT, limit=5, last_key=key,
                                                                  capabilities=["x"]),
-    "builds": lambda store, key: store.list_builds(project_id="proj_000000000000", limit=5,
+    "builds": lambda store, key: store.list_builds(tenant_id=TENANT, project_id="proj_000000000000", limit=5,
                                                    last_key=key),
-    "invocations": lambda store, key: store.list_invocations(agent_id="a:b", limit=5, last_key=key),
-    "sessions": lambda store, key: store.list_sessions(agent_id="a:b", limit=5, last_key=key),
-    "messages": lambda store, key: store.list_messages(session_id="sess_0000000000000000",
+    "invocations": lambda store, key: store.list_invocations(tenant_id=TENANT, agent_id="a:b", limit=5, last_key=key),
+    "sessions": lambda store, key: store.list_sessions(tenant_id=TENANT, agent_id="a:b", limit=5, last_key=key),
+    "messages": lambda store, key: store.list_messages(tenant_id=TENANT, session_id="sess_0000000000000000",
                                                        limit=5, last_key=key),
 }
 
@@ -290,7 +297,7 @@ async def test_every_listing_refuses_a_cursor_it_did_not_issue(store: Store, lis
 async def test_list_projects_refuses_garbage_cursors(store: Store, last_key: str) -> None:
     await add_project(store)
     with pytest.raises(InvalidCursor):
-        await store.list_projects(limit=5, last_key=last_key)
+        await store.list_projects(tenant_id=TENANT, limit=5, last_key=last_key)
 
 
 async def test_delete_project_removes_everything_under_it(store: Store) -> None:
@@ -298,11 +305,11 @@ async def test_delete_project_removes_everything_under_it(store: Store) -> None:
     project_id = project["project_id"]
     await finish(store, first, "succeeded")
     second = new_build(project_id, created_at=ts(120))
-    assert await store.add_build(build=second)
-    assert await store.claim_build(build_id=second["build_id"], owner="engine_a",
+    assert await store.add_build(tenant_id=TENANT, build=second)
+    assert await store.claim_build(tenant_id=TENANT, build_id=second["build_id"], owner="engine_a",
                                    lease_until=ts(600), now=ts(121))
     for build in (first, second):
-        assert await store.update_build(
+        assert await store.update_build(tenant_id=TENANT,
             build_id=build["build_id"], changes={"updated_at": ts(130)},
             expect_status=("succeeded", "running"),
             logs=[{"stage": "orchestrator", "timestamp": ts(130), "level": "INFO", "message": "started"}],
@@ -310,62 +317,62 @@ async def test_delete_project_removes_everything_under_it(store: Store) -> None:
                         "path": f"agent/{build['build_id']}.py", "stage": "agent_developer_manager",
                         "content": "x = 1\n", "size": 6, "created_at": ts(130)}])
     agent = new_agent(project_id, capabilities=["cascade_cap"])
-    await store.put_agent(agent=agent)
+    await store.put_agent(tenant_id=TENANT, agent=agent)
     session = new_session(agent, at=ts(200))
-    assert await store.create_session(session=session)
+    assert await store.create_session(tenant_id=TENANT, session=session)
     await session_turn(store, agent, session, at=ts(210))
-    await store.record_invocation(invocation=new_invocation(agent, created_at=ts(220)), messages=[])
+    await store.record_invocation(tenant_id=TENANT, invocation=new_invocation(agent, created_at=ts(220)), messages=[])
     # A neighbour with the same capability must survive.
     neighbour = await registered_agent(store, capabilities=["cascade_cap"])
     neighbour_session = new_session(neighbour, at=ts(200))
-    assert await store.create_session(session=neighbour_session)
+    assert await store.create_session(tenant_id=TENANT, session=neighbour_session)
     await session_turn(store, neighbour, neighbour_session, at=ts(230))
 
-    before = await store.get_counters()
-    assert await store.delete_project(project_id=project_id) is True
+    before = await store.get_counters(tenant_id=TENANT)
+    assert await store.delete_project(tenant_id=TENANT, project_id=project_id) is True
 
     # The active build counts as cancelled; agent counts describe agents that exist; builds
     # and invocations are history and stay counted.
-    assert delta(before, await store.get_counters()) == {
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {
         "builds_active": -1, "builds_cancelled": 1, "agents_running": -1}
-    assert await store.get_project(project_id=project_id) is None
+    assert await store.get_project(tenant_id=TENANT, project_id=project_id) is None
     for build in (first, second):
-        assert await store.get_build(build_id=build["build_id"]) is None
-        assert await store.list_build_logs(build_id=build["build_id"], stage="orchestrator") == []
-    assert (await store.list_builds(project_id=project_id, limit=10, last_key=None)).items == []
+        assert await store.get_build(tenant_id=TENANT, build_id=build["build_id"]) is None
+        assert await store.list_build_logs(tenant_id=TENANT, build_id=build["build_id"], stage="orchestrator") == []
+    assert (await store.list_builds(tenant_id=TENANT, project_id=project_id, limit=10, last_key=None)).items == []
     claimable = await store.list_claimable_builds(now=ts(10_000), limit=10)
     assert second["build_id"] not in {b["build_id"] for b in claimable}
-    assert await store.list_artifacts(project_id=project_id) == []
+    assert await store.list_artifacts(tenant_id=TENANT, project_id=project_id) == []
     for build in (first, second):
-        assert await store.get_artifact(project_id=project_id, path=f"agent/{build['build_id']}.py") is None
-    assert await store.get_agent(agent_id=agent["agent_id"]) is None
-    assert (await store.list_agents(limit=10, last_key=None, project_id=project_id)).items == []
-    by_capability = await store.list_agents(limit=10, last_key=None, capabilities=["cascade_cap"])
+        assert await store.get_artifact(tenant_id=TENANT, project_id=project_id, path=f"agent/{build['build_id']}.py") is None
+    assert await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"]) is None
+    assert (await store.list_agents(tenant_id=TENANT, limit=10, last_key=None, project_id=project_id)).items == []
+    by_capability = await store.list_agents(tenant_id=TENANT, limit=10, last_key=None, capabilities=["cascade_cap"])
     assert [a["agent_id"] for a in by_capability.items] == [neighbour["agent_id"]]
-    assert (await store.list_invocations(agent_id=agent["agent_id"], limit=10,
+    assert (await store.list_invocations(tenant_id=TENANT, agent_id=agent["agent_id"], limit=10,
                                          last_key=None)).items == []
-    assert await store.get_session(session_id=session["session_id"]) is None
-    assert (await store.list_sessions(agent_id=agent["agent_id"], limit=10,
+    assert await store.get_session(tenant_id=TENANT, session_id=session["session_id"]) is None
+    assert (await store.list_sessions(tenant_id=TENANT, agent_id=agent["agent_id"], limit=10,
                                       last_key=None)).items == []
-    assert (await store.list_messages(session_id=session["session_id"], limit=10,
+    assert (await store.list_messages(tenant_id=TENANT, session_id=session["session_id"], limit=10,
                                       last_key=None)).items == []
-    assert await store.recent_messages(session_id=session["session_id"], limit=10) == []
+    assert await store.recent_messages(tenant_id=TENANT, session_id=session["session_id"], limit=10) == []
 
-    assert (await store.get_session(session_id=neighbour_session["session_id"]))["message_count"] == 2
-    assert len((await store.list_invocations(agent_id=neighbour["agent_id"], limit=10,
+    assert (await store.get_session(tenant_id=TENANT, session_id=neighbour_session["session_id"]))["message_count"] == 2
+    assert len((await store.list_invocations(tenant_id=TENANT, agent_id=neighbour["agent_id"], limit=10,
                                              last_key=None)).items) == 1
 
-    before = await store.get_counters()
-    assert await store.delete_project(project_id=project_id) is False
-    assert await store.get_counters() == before
+    before = await store.get_counters(tenant_id=TENANT)
+    assert await store.delete_project(tenant_id=TENANT, project_id=project_id) is False
+    assert await store.get_counters(tenant_id=TENANT) == before
 
 
 async def test_deleting_a_project_whose_build_finished_cancels_nothing(store: Store) -> None:
     project, build = await add_project(store)
     await finish(store, build, "failed", error={"stage": "agent_design", "code": "X", "message": "x"})
-    before = await store.get_counters()
-    assert await store.delete_project(project_id=project["project_id"])
-    assert delta(before, await store.get_counters()) == {}
+    before = await store.get_counters(tenant_id=TENANT)
+    assert await store.delete_project(tenant_id=TENANT, project_id=project["project_id"])
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {}
 
 
 # -- builds ----------------------------------------------------------------------------------
@@ -374,45 +381,45 @@ async def test_add_build_is_refused_while_the_latest_build_is_active(
         store: Store, active_status: str) -> None:
     project, build = await add_project(store)
     if active_status != "queued":
-        assert await store.update_build(build_id=build["build_id"],
+        assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"],
                                         changes={"status": active_status, "updated_at": ts(1)},
                                         expect_status=("queued",))
-    before = await store.get_counters()
+    before = await store.get_counters(tenant_id=TENANT)
     again = new_build(project["project_id"], created_at=ts(60))
 
-    assert await store.add_build(build=again) is False
-    assert await store.get_build(build_id=again["build_id"]) is None
-    listed = await store.list_builds(project_id=project["project_id"], limit=10, last_key=None)
+    assert await store.add_build(tenant_id=TENANT, build=again) is False
+    assert await store.get_build(tenant_id=TENANT, build_id=again["build_id"]) is None
+    listed = await store.list_builds(tenant_id=TENANT, project_id=project["project_id"], limit=10, last_key=None)
     assert [b["build_id"] for b in listed.items] == [build["build_id"]]
-    stored = await store.get_project(project_id=project["project_id"])
+    stored = await store.get_project(tenant_id=TENANT, project_id=project["project_id"])
     assert (stored["latest_build_id"], stored["status"]) == (
         build["build_id"], PROJECT_STATUS_FOR_BUILD[active_status])
-    assert await store.get_counters() == before
+    assert await store.get_counters(tenant_id=TENANT) == before
 
 
 async def test_add_build_queues_a_new_build_once_the_latest_is_finished(store: Store) -> None:
     project, first = await add_project(store)
     await finish(store, first, "failed", at=ts(30),
                  error={"stage": "orchestrator", "code": "PROVIDER_ERROR", "message": "down"})
-    before = await store.get_counters()
+    before = await store.get_counters(tenant_id=TENANT)
     second = new_build(project["project_id"], created_at=ts(40))
 
-    assert await store.add_build(build=second) is True
-    stored = await store.get_project(project_id=project["project_id"])
+    assert await store.add_build(tenant_id=TENANT, build=second) is True
+    stored = await store.get_project(tenant_id=TENANT, project_id=project["project_id"])
     assert {key: stored[key] for key in ("latest_build_id", "status", "progress", "current_stage")} == {
         "latest_build_id": second["build_id"], "status": "pending", "progress": 0.0,
         "current_stage": None}
-    assert delta(before, await store.get_counters()) == {"builds_total": 1, "builds_active": 1}
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {"builds_total": 1, "builds_active": 1}
     assert (await day_counts(store, DAY0))["builds_total"] == 2
-    listed = await store.list_builds(project_id=project["project_id"], limit=10, last_key=None)
+    listed = await store.list_builds(tenant_id=TENANT, project_id=project["project_id"], limit=10, last_key=None)
     assert [b["build_id"] for b in listed.items] == [second["build_id"], first["build_id"]]
-    assert await store.get_project_with_latest_build(project_id=project["project_id"]) == (
+    assert await store.get_project_with_latest_build(tenant_id=TENANT, project_id=project["project_id"]) == (
         stored, listed.items[0])
-    assert await store.get_project_with_latest_build(project_id="proj_000000000000") is None
+    assert await store.get_project_with_latest_build(tenant_id=TENANT, project_id="proj_000000000000") is None
 
-    assert await store.add_build(build=new_build(project["project_id"], created_at=ts(50))) is False
-    assert await store.add_build(build=new_build("proj_000000000000", created_at=ts(50))) is False
-    assert (await store.get_counters())["builds_total"] == before["builds_total"] + 1
+    assert await store.add_build(tenant_id=TENANT, build=new_build(project["project_id"], created_at=ts(50))) is False
+    assert await store.add_build(tenant_id=TENANT, build=new_build("proj_000000000000", created_at=ts(50))) is False
+    assert (await store.get_counters(tenant_id=TENANT))["builds_total"] == before["builds_total"] + 1
 
 
 async def test_list_builds_pages_the_history_newest_first(store: Store) -> None:
@@ -421,10 +428,10 @@ async def test_list_builds_pages_the_history_newest_first(store: Store) -> None:
     for n in range(1, 8):
         await finish(store, history[-1], "succeeded", at=ts(10 * n - 1))
         history.append(new_build(project["project_id"], created_at=ts(10 * n)))
-        assert await store.add_build(build=history[-1])
+        assert await store.add_build(tenant_id=TENANT, build=history[-1])
     _, other = await add_project(store)
 
-    items = await walk(lambda key: store.list_builds(project_id=project["project_id"], limit=3,
+    items = await walk(lambda key: store.list_builds(tenant_id=TENANT, project_id=project["project_id"], limit=3,
                                                      last_key=key), limit=3)
     assert id_list(items, "build_id") == [b["build_id"] for b in reversed(history)]
     assert other["build_id"] not in id_list(items, "build_id")
@@ -433,17 +440,17 @@ async def test_list_builds_pages_the_history_newest_first(store: Store) -> None:
 async def test_claimable_builds_are_the_queued_and_the_abandoned_oldest_first(store: Store) -> None:
     builds = [(await add_project(store, created_at=ts(n)))[1] for n in range(8)]
     live, expired, expired_paused, released_paused, done = builds[3:]
-    assert await store.claim_build(build_id=live["build_id"], owner="engine_a",
+    assert await store.claim_build(tenant_id=TENANT, build_id=live["build_id"], owner="engine_a",
                                    lease_until=ts(100), now=ts(10))
     for build in (expired, expired_paused):
-        assert await store.claim_build(build_id=build["build_id"], owner="engine_a",
+        assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner="engine_a",
                                        lease_until=ts(20), now=ts(10))
-    assert await store.update_build(build_id=expired_paused["build_id"],
+    assert await store.update_build(tenant_id=TENANT, build_id=expired_paused["build_id"],
                                     changes={"status": "paused", "updated_at": ts(11)},
                                     expect_status=("running",))
-    assert await store.claim_build(build_id=released_paused["build_id"], owner="engine_a",
+    assert await store.claim_build(tenant_id=TENANT, build_id=released_paused["build_id"], owner="engine_a",
                                    lease_until=ts(20), now=ts(10))
-    assert await store.update_build(build_id=released_paused["build_id"],
+    assert await store.update_build(tenant_id=TENANT, build_id=released_paused["build_id"],
                                     changes={"status": "paused", "owner": None, "lease_until": None,
                                              "updated_at": ts(11)},
                                     expect_status=("running",))
@@ -463,25 +470,25 @@ async def test_claim_takes_a_queued_build_and_a_live_lease_keeps_others_out(stor
     project, build = await add_project(store)
     build_id = build["build_id"]
 
-    assert await store.claim_build(build_id=build_id, owner="engine_a", lease_until=ts(30),
+    assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_a", lease_until=ts(30),
                                    now=ts(10)) is True
-    stored = await store.get_build(build_id=build_id)
+    stored = await store.get_build(tenant_id=TENANT, build_id=build_id)
     assert {key: stored[key] for key in ("status", "owner", "lease_until", "started_at",
                                          "recoveries")} == {
         "status": "running", "owner": "engine_a", "lease_until": ts(30), "started_at": ts(10),
         "recoveries": 0}
-    assert (await store.get_project(project_id=project["project_id"]))["status"] == "building"
+    assert (await store.get_project(tenant_id=TENANT, project_id=project["project_id"]))["status"] == "building"
 
-    assert await store.claim_build(build_id=build_id, owner="engine_b", lease_until=ts(40),
+    assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_b", lease_until=ts(40),
                                    now=ts(20)) is False
-    assert (await store.get_build(build_id=build_id))["owner"] == "engine_a"
-    assert await store.claim_build(build_id="build_000000000000", owner="engine_b",
+    assert (await store.get_build(tenant_id=TENANT, build_id=build_id))["owner"] == "engine_a"
+    assert await store.claim_build(tenant_id=TENANT, build_id="build_000000000000", owner="engine_b",
                                    lease_until=ts(40), now=ts(20)) is False
 
     # The lease ran out: the owner is presumed dead and its build is taken over.
-    assert await store.claim_build(build_id=build_id, owner="engine_b", lease_until=ts(60),
+    assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_b", lease_until=ts(60),
                                    now=ts(31)) is True
-    stored = await store.get_build(build_id=build_id)
+    stored = await store.get_build(tenant_id=TENANT, build_id=build_id)
     assert {key: stored[key] for key in ("status", "owner", "lease_until", "started_at",
                                          "recoveries")} == {
         "status": "running", "owner": "engine_b", "lease_until": ts(60), "started_at": ts(10),
@@ -490,77 +497,77 @@ async def test_claim_takes_a_queued_build_and_a_live_lease_keeps_others_out(stor
 
 async def test_a_paused_build_taken_over_stays_paused(store: Store) -> None:
     project, build = await add_project(store)
-    assert await store.claim_build(build_id=build["build_id"], owner="engine_a",
+    assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner="engine_a",
                                    lease_until=ts(30), now=ts(10))
-    assert await store.update_build(build_id=build["build_id"],
+    assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"],
                                     changes={"status": "paused", "updated_at": ts(12)},
                                     expect_status=("running",), expect_owner="engine_a")
 
-    assert await store.claim_build(build_id=build["build_id"], owner="engine_b",
+    assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner="engine_b",
                                    lease_until=ts(90), now=ts(31))
-    stored = await store.get_build(build_id=build["build_id"])
+    stored = await store.get_build(tenant_id=TENANT, build_id=build["build_id"])
     assert (stored["status"], stored["owner"], stored["recoveries"]) == ("paused", "engine_b", 1)
-    assert (await store.get_project(project_id=project["project_id"]))["status"] == "paused"
+    assert (await store.get_project(tenant_id=TENANT, project_id=project["project_id"]))["status"] == "paused"
 
 
 async def test_a_pausing_build_is_held_until_settled_and_claimable_when_handed_back(
         store: Store) -> None:
     project, build = await add_project(store)
     build_id = build["build_id"]
-    assert await store.claim_build(build_id=build_id, owner="engine_a", lease_until=ts(30), now=ts(10))
-    assert await store.update_build(build_id=build_id, changes={"status": "pausing", "updated_at": ts(11)},
+    assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_a", lease_until=ts(30), now=ts(10))
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id, changes={"status": "pausing", "updated_at": ts(11)},
                                     expect_status=("running",))
-    assert (await store.get_project(project_id=project["project_id"]))["status"] == "pausing"
+    assert (await store.get_project(tenant_id=TENANT, project_id=project["project_id"]))["status"] == "pausing"
     # Held: its owner still saves the step in progress, renews and may register the agent.
-    assert await store.update_build(build_id=build_id, changes={"progress": 20.0, "updated_at": ts(12)},
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id, changes={"progress": 20.0, "updated_at": ts(12)},
                                     expect_status=("running", "pausing"), expect_owner="engine_a")
     assert [b["build_id"] for b in await store.renew_leases(owner="engine_a", lease_until=ts(40))] == [build_id]
-    assert await store.put_agent(agent=new_agent(project["project_id"]) | {"build_id": build_id},
+    assert await store.put_agent(tenant_id=TENANT, agent=new_agent(project["project_id"]) | {"build_id": build_id},
                                  expect_owner="engine_a")
     assert await store.list_claimable_builds(now=ts(20), limit=10) == []
 
     # Handed back unowned (a shutdown mid-step): another engine claims it to settle it.
-    assert await store.update_build(build_id=build_id, changes={"owner": None, "lease_until": None},
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id, changes={"owner": None, "lease_until": None},
                                     expect_status=("pausing",), expect_owner="engine_a")
     assert [b["build_id"] for b in await store.list_claimable_builds(now=ts(20), limit=10)] == [build_id]
-    assert await store.claim_build(build_id=build_id, owner="engine_b", lease_until=ts(60), now=ts(21))
-    stored = await store.get_build(build_id=build_id)
+    assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_b", lease_until=ts(60), now=ts(21))
+    stored = await store.get_build(tenant_id=TENANT, build_id=build_id)
     assert (stored["status"], stored["owner"], stored["recoveries"]) == ("pausing", "engine_b", 0)
-    assert await store.update_build(build_id=build_id, expect_status=("pausing",), expect_owner="engine_b",
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id, expect_status=("pausing",), expect_owner="engine_b",
                                     changes={"status": "paused", "owner": None, "lease_until": None})
-    assert (await store.get_project(project_id=project["project_id"]))["status"] == "paused"
+    assert (await store.get_project(tenant_id=TENANT, project_id=project["project_id"]))["status"] == "paused"
     assert await store.list_claimable_builds(now=ts(90), limit=10) == []
 
 
 async def test_recoveries_count_only_takeovers_of_an_expired_lease(store: Store) -> None:
     _, build = await add_project(store)
     build_id = build["build_id"]
-    assert await store.claim_build(build_id=build_id, owner="engine_a", lease_until=ts(30),
+    assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_a", lease_until=ts(30),
                                    now=ts(10))
     # Paused at a boundary: the engine releases its claim; a resume makes it claimable again.
-    assert await store.update_build(build_id=build_id, changes={"status": "paused", "updated_at": ts(11)},
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id, changes={"status": "paused", "updated_at": ts(11)},
                                     expect_status=("running",))
-    assert await store.update_build(build_id=build_id,
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id,
                                     changes={"owner": None, "lease_until": None, "updated_at": ts(12)},
                                     expect_status=("paused",), expect_owner="engine_a")
     assert await store.list_claimable_builds(now=ts(13), limit=5) == []
-    assert await store.update_build(build_id=build_id, changes={"status": "running", "updated_at": ts(14)},
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id, changes={"status": "running", "updated_at": ts(14)},
                                     expect_status=("paused",))
-    assert await store.claim_build(build_id=build_id, owner="engine_b", lease_until=ts(40), now=ts(15))
-    assert (await store.get_build(build_id=build_id))["recoveries"] == 0
+    assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_b", lease_until=ts(40), now=ts(15))
+    assert (await store.get_build(tenant_id=TENANT, build_id=build_id))["recoveries"] == 0
 
-    assert await store.claim_build(build_id=build_id, owner="engine_c", lease_until=ts(80), now=ts(41))
-    assert await store.claim_build(build_id=build_id, owner="engine_d", lease_until=ts(99), now=ts(81))
-    assert (await store.get_build(build_id=build_id))["recoveries"] == 2
+    assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_c", lease_until=ts(80), now=ts(41))
+    assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_d", lease_until=ts(99), now=ts(81))
+    assert (await store.get_build(tenant_id=TENANT, build_id=build_id))["recoveries"] == 2
 
 
 async def test_renew_leases_extends_only_the_owners_active_builds(store: Store) -> None:
     builds = [(await add_project(store, created_at=ts(n)))[1] for n in range(3)]
     running, paused, foreign = builds
     for build, owner in ((running, "engine_a"), (paused, "engine_a"), (foreign, "engine_b")):
-        assert await store.claim_build(build_id=build["build_id"], owner=owner,
+        assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner=owner,
                                        lease_until=ts(30), now=ts(10))
-    assert await store.update_build(build_id=paused["build_id"],
+    assert await store.update_build(tenant_id=TENANT, build_id=paused["build_id"],
                                     changes={"status": "paused", "updated_at": ts(11)},
                                     expect_status=("running",))
 
@@ -568,11 +575,11 @@ async def test_renew_leases_extends_only_the_owners_active_builds(store: Store) 
     assert {(b["build_id"], b["status"]) for b in renewed} == {
         (running["build_id"], "running"), (paused["build_id"], "paused")}
     for build in (running, paused):
-        assert (await store.get_build(build_id=build["build_id"]))["lease_until"] == ts(90)
-    assert (await store.get_build(build_id=foreign["build_id"]))["lease_until"] == ts(30)
+        assert (await store.get_build(tenant_id=TENANT, build_id=build["build_id"]))["lease_until"] == ts(90)
+    assert (await store.get_build(tenant_id=TENANT, build_id=foreign["build_id"]))["lease_until"] == ts(30)
 
     # Stopped elsewhere (a control action on another instance): the owner learns by its absence.
-    assert await store.update_build(build_id=running["build_id"],
+    assert await store.update_build(tenant_id=TENANT, build_id=running["build_id"],
                                     changes=finished("cancelled", at=ts(40)),
                                     expect_status=ACTIVE_BUILD_STATUSES)
     renewed = await store.renew_leases(owner="engine_a", lease_until=ts(120))
@@ -582,32 +589,32 @@ async def test_renew_leases_extends_only_the_owners_active_builds(store: Store) 
 async def test_update_build_applies_changes_only_when_status_and_owner_match(store: Store) -> None:
     project, build = await add_project(store)
     build_id = build["build_id"]
-    assert await store.claim_build(build_id=build_id, owner="engine_a", lease_until=ts(30), now=ts(10))
-    before = await store.get_build(build_id=build_id)
-    counters = await store.get_counters()
+    assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_a", lease_until=ts(30), now=ts(10))
+    before = await store.get_build(tenant_id=TENANT, build_id=build_id)
+    counters = await store.get_counters(tenant_id=TENANT)
     changes = {"progress": 17.5, "current_stage": "system_architecture", "updated_at": ts(20)}
 
-    assert await store.update_build(build_id=build_id, changes=changes,
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id, changes=changes,
                                     expect_status=("queued", "paused")) is False
-    assert await store.update_build(build_id=build_id, changes=changes, expect_status=("running",),
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id, changes=changes, expect_status=("running",),
                                     expect_owner="engine_b") is False
-    assert await store.update_build(build_id="build_000000000000", changes=changes,
+    assert await store.update_build(tenant_id=TENANT, build_id="build_000000000000", changes=changes,
                                     expect_status=ACTIVE_BUILD_STATUSES) is False
-    assert await store.get_build(build_id=build_id) == before
+    assert await store.get_build(tenant_id=TENANT, build_id=build_id) == before
 
-    assert await store.update_build(build_id=build_id, changes=changes, expect_status=("running",),
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id, changes=changes, expect_status=("running",),
                                     expect_owner="engine_a") is True
-    stored = await store.get_build(build_id=build_id)
+    stored = await store.get_build(tenant_id=TENANT, build_id=build_id)
     assert {key: stored[key] for key in changes} == changes
     assert stored["owner"] == "engine_a"
-    mirrored = await store.get_project(project_id=project["project_id"])
+    mirrored = await store.get_project(tenant_id=TENANT, project_id=project["project_id"])
     assert {key: mirrored[key] for key in ("status", "progress", "current_stage")} == {
         "status": "building", "progress": 17.5, "current_stage": "system_architecture"}
     # Without expect_owner any owner will do.
-    assert await store.update_build(build_id=build_id, changes={"progress": 20.0},
+    assert await store.update_build(tenant_id=TENANT, build_id=build_id, changes={"progress": 20.0},
                                     expect_status=("running",)) is True
-    assert (await store.get_project(project_id=project["project_id"]))["progress"] == 20.0
-    assert await store.get_counters() == counters
+    assert (await store.get_project(tenant_id=TENANT, project_id=project["project_id"]))["progress"] == 20.0
+    assert await store.get_counters(tenant_id=TENANT) == counters
 
 
 @pytest.mark.parametrize(("status", "counted", "finish_day"), [
@@ -619,29 +626,29 @@ async def test_update_build_applies_changes_only_when_status_and_owner_match(sto
 async def test_a_final_status_is_counted_once_on_the_day_it_finished(
         store: Store, status: str, counted: dict[str, float], finish_day: dict[str, float]) -> None:
     project, build = await add_project(store, created_at=ts(0))
-    assert await store.claim_build(build_id=build["build_id"], owner="engine_a",
+    assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner="engine_a",
                                    lease_until=ts(30), now=ts(10))
-    before = await store.get_counters()
+    before = await store.get_counters(tenant_id=TENANT)
     error = {"stage": "agent_design", "code": "PROVIDER_ERROR", "message": "boom"} \
         if status == "failed" else None
 
-    assert await store.update_build(build_id=build["build_id"],
+    assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"],
                                     changes=finished(status, at=ts(100, day=1), duration=90.0,
                                                      error=error),
                                     expect_status=ACTIVE_BUILD_STATUSES, expect_owner="engine_a")
-    assert delta(before, await store.get_counters()) == counted
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == counted
     # A later write to the finished build (same status) counts nothing more.
-    assert await store.update_build(build_id=build["build_id"],
+    assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"],
                                     changes={"status": status, "updated_at": ts(200, day=1)},
                                     expect_status=FINAL_BUILD_STATUSES)
-    assert delta(before, await store.get_counters()) == counted
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == counted
 
     assert await day_counts(store, DAY1) == finish_day
     assert await day_counts(store, DAY0) == {"builds_total": 1}
-    failed_stages = [day.failed_stages for day in await store.get_daily(start=DAY0, end=DAY3)]
+    failed_stages = [day.failed_stages for day in await store.get_daily(tenant_id=TENANT, start=DAY0, end=DAY3)]
     assert failed_stages == ([{}, {"agent_design": 1}] if status == "failed" else
                              [{}, {}] if status == "succeeded" else [{}])
-    stored = await store.get_project(project_id=project["project_id"])
+    stored = await store.get_project(tenant_id=TENANT, project_id=project["project_id"])
     assert (stored["status"], stored["progress"]) == (
         PROJECT_STATUS_FOR_BUILD[status], 100.0 if status == "succeeded" else 40.0)
 
@@ -650,12 +657,12 @@ async def test_only_the_latest_build_is_mirrored_on_its_project(store: Store) ->
     project, first = await add_project(store)
     await finish(store, first, "succeeded")
     second = new_build(project["project_id"], created_at=ts(70))
-    assert await store.add_build(build=second)
+    assert await store.add_build(tenant_id=TENANT, build=second)
 
-    assert await store.update_build(build_id=first["build_id"],
+    assert await store.update_build(tenant_id=TENANT, build_id=first["build_id"],
                                     changes={"progress": 100.0, "updated_at": ts(80)},
                                     expect_status=("succeeded",))
-    stored = await store.get_project(project_id=project["project_id"])
+    stored = await store.get_project(tenant_id=TENANT, project_id=project["project_id"])
     assert (stored["latest_build_id"], stored["status"], stored["progress"]) == (
         second["build_id"], "pending", 0.0)
 
@@ -668,7 +675,7 @@ async def test_build_logs_are_kept_per_build_and_stage_in_order(store: Store) ->
         return {"stage": stage, "timestamp": ts(at), "level": "INFO", "message": message}
 
     async def write(build: Record, *lines: Record, expect_status: tuple[str, ...] = ("queued",)) -> bool:
-        return await store.update_build(build_id=build["build_id"], changes={"updated_at": ts(4)},
+        return await store.update_build(tenant_id=TENANT, build_id=build["build_id"], changes={"updated_at": ts(4)},
                                         expect_status=expect_status, logs=list(lines))
 
     assert await write(build, entry("orchestrator", "one", 1), entry("requirements_analysis", "two", 2))
@@ -677,12 +684,12 @@ async def test_build_logs_are_kept_per_build_and_stage_in_order(store: Store) ->
     # Lines go with the change: a refused change writes none.
     assert not await write(build, entry("orchestrator", "refused", 4), expect_status=("running",))
 
-    assert await store.list_build_logs(build_id=build["build_id"], stage="orchestrator") == [
+    assert await store.list_build_logs(tenant_id=TENANT, build_id=build["build_id"], stage="orchestrator") == [
         entry("orchestrator", "one", 1), entry("orchestrator", "three", 3),
         entry("orchestrator", "four", 3)]
-    assert await store.list_build_logs(build_id=build["build_id"], stage="requirements_analysis") == [
+    assert await store.list_build_logs(tenant_id=TENANT, build_id=build["build_id"], stage="requirements_analysis") == [
         entry("requirements_analysis", "two", 2)]
-    assert await store.list_build_logs(build_id=build["build_id"], stage="agent_deployer") == []
+    assert await store.list_build_logs(tenant_id=TENANT, build_id=build["build_id"], stage="agent_deployer") == []
 
 
 async def test_artifacts_are_upserted_by_path_and_listed_without_content(store: Store) -> None:
@@ -695,7 +702,7 @@ async def test_artifacts_are_upserted_by_path_and_listed_without_content(store: 
                 "created_at": ts(at)}
 
     async def write(*artifacts: Record) -> None:
-        assert await store.update_build(build_id=build["build_id"], changes={"updated_at": ts(5)},
+        assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"], changes={"updated_at": ts(5)},
                                         expect_status=("queued",), artifacts=list(artifacts))
 
     await write(artifact("tools/b.py", "b = 2\n", "agent_developer_manager", 1),
@@ -703,80 +710,80 @@ async def test_artifacts_are_upserted_by_path_and_listed_without_content(store: 
     newer = artifact("design/a.json", '{"v": 2}\n', "agent_design", 5)
     await write(newer)
 
-    listed = await store.list_artifacts(project_id=project_id)
+    listed = await store.list_artifacts(tenant_id=TENANT, project_id=project_id)
     assert [a["path"] for a in listed] == ["design/a.json", "tools/b.py"]
     assert all("content" not in a for a in listed)
     assert {key: listed[0][key] for key in ("project_id", "build_id", "stage", "size", "created_at")} == {
         key: newer[key] for key in ("project_id", "build_id", "stage", "size", "created_at")}
-    stored = await store.get_artifact(project_id=project_id, path="design/a.json")
+    stored = await store.get_artifact(tenant_id=TENANT, project_id=project_id, path="design/a.json")
     assert {key: stored[key] for key in newer} == newer
-    assert await store.get_artifact(project_id=project_id, path="design/none.json") is None
+    assert await store.get_artifact(tenant_id=TENANT, project_id=project_id, path="design/none.json") is None
 
 
 # -- agents ----------------------------------------------------------------------------------
 async def test_put_agent_registers_an_agent_with_empty_runtime_stats(store: Store) -> None:
     project, _ = await add_project(store)
     agent = new_agent(project["project_id"])
-    before = await store.get_counters()
+    before = await store.get_counters(tenant_id=TENANT)
 
-    await store.put_agent(agent=agent)
-    assert await store.get_agent(agent_id=agent["agent_id"]) == {**agent, **AGENT_STATS}
-    assert delta(before, await store.get_counters()) == {"agents_running": 1}
-    assert await store.get_agent(agent_id=f"{project['project_id']}:nobody") is None
+    await store.put_agent(tenant_id=TENANT, agent=agent)
+    assert await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"]) == {**agent, **AGENT_STATS}
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {"agents_running": 1}
+    assert await store.get_agent(tenant_id=TENANT, agent_id=f"{project['project_id']}:nobody") is None
 
 
 async def test_re_registering_an_agent_keeps_its_stats_and_moves_its_status_count(
         store: Store) -> None:
     agent = await registered_agent(store, capabilities=["old_cap"], created_at=ts(100))
-    await store.record_invocation(invocation=new_invocation(agent, created_at=ts(110), duration_ms=10),
+    await store.record_invocation(tenant_id=TENANT, invocation=new_invocation(agent, created_at=ts(110), duration_ms=10),
                                   messages=[])
-    await store.record_invocation(invocation=new_invocation(agent, created_at=ts(120), status="failed",
+    await store.record_invocation(tenant_id=TENANT, invocation=new_invocation(agent, created_at=ts(120), status="failed",
                                                             duration_ms=30), messages=[])
-    await store.update_agent(agent_id=agent["agent_id"], changes={"status": "offline"})
-    before = await store.get_counters()
+    await store.update_agent(tenant_id=TENANT, agent_id=agent["agent_id"], changes={"status": "offline"})
+    before = await store.get_counters(tenant_id=TENANT)
 
     rebuilt = {**agent, "description": "Agent v2", "capabilities": ["new_cap"], "status": "running",
                "build_id": ids.build_id(), "created_at": ts(500), "updated_at": ts(500)}
-    await store.put_agent(agent=rebuilt)
+    await store.put_agent(tenant_id=TENANT, agent=rebuilt)
 
-    stored = await store.get_agent(agent_id=agent["agent_id"])
+    stored = await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"])
     assert stored == {**rebuilt, **AGENT_STATS, "created_at": ts(100), "total_invocations": 2,
                       "successful_invocations": 1, "failed_invocations": 1,
                       "total_duration_ms": 40, "last_invoked_at": ts(120)}
-    assert delta(before, await store.get_counters()) == {"agents_offline": -1, "agents_running": 1}
-    assert (await store.list_agents(limit=5, last_key=None, capabilities=["old_cap"])).items == []
-    assert [a["agent_id"] for a in (await store.list_agents(
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {"agents_offline": -1, "agents_running": 1}
+    assert (await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, capabilities=["old_cap"])).items == []
+    assert [a["agent_id"] for a in (await store.list_agents(tenant_id=TENANT,
         limit=5, last_key=None, capabilities=["new_cap"])).items] == [agent["agent_id"]]
 
-    before = await store.get_counters()
-    await store.put_agent(agent=rebuilt)
-    assert await store.get_counters() == before
+    before = await store.get_counters(tenant_id=TENANT)
+    await store.put_agent(tenant_id=TENANT, agent=rebuilt)
+    assert await store.get_counters(tenant_id=TENANT) == before
 
 
 async def test_update_agent_changes_fields_and_moves_status_counts(store: Store) -> None:
     agent = await registered_agent(store, capabilities=["triage"])
     agent_id = agent["agent_id"]
-    before = await store.get_counters()
+    before = await store.get_counters(tenant_id=TENANT)
 
-    updated = await store.update_agent(agent_id=agent_id, changes={
+    updated = await store.update_agent(tenant_id=TENANT, agent_id=agent_id, changes={
         "status": "offline", "error_message": "maintenance", "updated_at": ts(300)})
     assert updated == {**agent, **AGENT_STATS, "status": "offline", "error_message": "maintenance",
                        "updated_at": ts(300)}
-    assert delta(before, await store.get_counters()) == {"agents_running": -1, "agents_offline": 1}
-    await store.update_agent(agent_id=agent_id, changes={"status": "offline", "updated_at": ts(301)})
-    assert delta(before, await store.get_counters()) == {"agents_running": -1, "agents_offline": 1}
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {"agents_running": -1, "agents_offline": 1}
+    await store.update_agent(tenant_id=TENANT, agent_id=agent_id, changes={"status": "offline", "updated_at": ts(301)})
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {"agents_running": -1, "agents_offline": 1}
 
-    updated = await store.update_agent(agent_id=agent_id, changes={
+    updated = await store.update_agent(tenant_id=TENANT, agent_id=agent_id, changes={
         "capabilities": ["refunds", "faq"], "category": "finance", "updated_at": ts(302)})
     assert (updated["capabilities"], updated["category"]) == (["refunds", "faq"], "finance")
-    assert (await store.list_agents(limit=5, last_key=None, capabilities=["triage"])).items == []
-    assert len((await store.list_agents(limit=5, last_key=None, capabilities=["faq"])).items) == 1
+    assert (await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, capabilities=["triage"])).items == []
+    assert len((await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, capabilities=["faq"])).items) == 1
 
-    await store.update_agent(agent_id=agent_id, changes={"status": "running", "updated_at": ts(303)})
-    assert delta(before, await store.get_counters()) == {}
-    assert await store.update_agent(agent_id="proj_000000000000:nobody",
+    await store.update_agent(tenant_id=TENANT, agent_id=agent_id, changes={"status": "running", "updated_at": ts(303)})
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {}
+    assert await store.update_agent(tenant_id=TENANT, agent_id="proj_000000000000:nobody",
                                     changes={"status": "offline"}) is None
-    assert delta(before, await store.get_counters()) == {}
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {}
 
 
 async def test_list_agents_filters_and_pages_newest_first(store: Store) -> None:
@@ -788,7 +795,7 @@ async def test_list_agents_filters_and_pages_newest_first(store: Store) -> None:
                           status="offline" if n % 3 == 0 else "running",
                           category=categories[n % 3],
                           capabilities=[f"cap{n % 4}", f"cap{(n + 1) % 4}"])
-        await store.put_agent(agent=agent)
+        await store.put_agent(tenant_id=TENANT, agent=agent)
         agents.append({**agent, **AGENT_STATS})
 
     filters: list[dict[str, Any]] = [
@@ -804,7 +811,7 @@ async def test_list_agents_filters_and_pages_newest_first(store: Store) -> None:
             a["agent_id"]: a for a in agents
             if all(a[key] == value for key, value in chosen.items() if key != "capabilities")
             and (not chosen.get("capabilities") or set(chosen["capabilities"]) & set(a["capabilities"]))}
-        items = await walk(lambda key, chosen=chosen: store.list_agents(limit=3, last_key=key, **chosen),
+        items = await walk(lambda key, chosen=chosen: store.list_agents(tenant_id=TENANT, limit=3, last_key=key, **chosen),
                            limit=3)
         assert set(id_list(items, "agent_id")) == set(expected), chosen
         assert_newest_first(items)
@@ -817,48 +824,48 @@ async def test_delete_agent_removes_its_invocations_sessions_and_messages(store:
     sessions = {}
     for agent in (doomed, kept):
         sessions[agent["agent_id"]] = session = new_session(agent, at=ts(150))
-        assert await store.create_session(session=session)
+        assert await store.create_session(tenant_id=TENANT, session=session)
         await session_turn(store, agent, session, at=ts(160))
-    before = await store.get_counters()
+    before = await store.get_counters(tenant_id=TENANT)
 
-    assert await store.delete_agent(agent_id=doomed["agent_id"]) is True
-    assert delta(before, await store.get_counters()) == {"agents_running": -1}
-    assert await store.get_agent(agent_id=doomed["agent_id"]) is None
+    assert await store.delete_agent(tenant_id=TENANT, agent_id=doomed["agent_id"]) is True
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {"agents_running": -1}
+    assert await store.get_agent(tenant_id=TENANT, agent_id=doomed["agent_id"]) is None
     doomed_session = sessions[doomed["agent_id"]]["session_id"]
-    assert await store.get_session(session_id=doomed_session) is None
-    assert (await store.list_messages(session_id=doomed_session, limit=5, last_key=None)).items == []
-    assert (await store.list_invocations(agent_id=doomed["agent_id"], limit=5,
+    assert await store.get_session(tenant_id=TENANT, session_id=doomed_session) is None
+    assert (await store.list_messages(tenant_id=TENANT, session_id=doomed_session, limit=5, last_key=None)).items == []
+    assert (await store.list_invocations(tenant_id=TENANT, agent_id=doomed["agent_id"], limit=5,
                                          last_key=None)).items == []
-    assert (await store.get_session(session_id=sessions[kept["agent_id"]]["session_id"]))[
+    assert (await store.get_session(tenant_id=TENANT, session_id=sessions[kept["agent_id"]]["session_id"]))[
         "message_count"] == 2
-    assert len((await store.list_invocations(agent_id=kept["agent_id"], limit=5,
+    assert len((await store.list_invocations(tenant_id=TENANT, agent_id=kept["agent_id"], limit=5,
                                              last_key=None)).items) == 1
-    assert await store.delete_agent(agent_id=doomed["agent_id"]) is False
-    assert delta(before, await store.get_counters()) == {"agents_running": -1}
+    assert await store.delete_agent(tenant_id=TENANT, agent_id=doomed["agent_id"]) is False
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {"agents_running": -1}
 
 
 # -- invocations -----------------------------------------------------------------------------
 async def test_record_invocation_counts_in_the_agent_the_counters_and_the_day(store: Store) -> None:
     agent = await registered_agent(store)
-    before = await store.get_counters()
+    before = await store.get_counters(tenant_id=TENANT)
     succeeded = new_invocation(agent, created_at=ts(10, day=2), duration_ms=12.5)
     failed = new_invocation(agent, created_at=ts(20, day=3), status="failed", duration_ms=7.5)
 
-    await store.record_invocation(invocation=succeeded, messages=[])
-    await store.record_invocation(invocation=failed, messages=[])
+    await store.record_invocation(tenant_id=TENANT, invocation=succeeded, messages=[])
+    await store.record_invocation(tenant_id=TENANT, invocation=failed, messages=[])
 
-    stored = await store.get_agent(agent_id=agent["agent_id"])
+    stored = await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"])
     assert {key: stored[key] for key in AGENT_STATS} == {
         **AGENT_STATS, "total_invocations": 2, "successful_invocations": 1,
         "failed_invocations": 1, "total_duration_ms": 20.0, "last_invoked_at": ts(20, day=3)}
-    assert delta(before, await store.get_counters()) == {
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {
         "invocations_total": 2, "invocations_succeeded": 1, "invocations_failed": 1,
         "invocation_ms_total": 20.0}
     assert await day_counts(store, DAY2) == {"invocations_total": 1, "invocations_succeeded": 1,
                                              "invocation_ms_total": 12.5}
     assert await day_counts(store, DAY3) == {"invocations_total": 1, "invocations_failed": 1,
                                              "invocation_ms_total": 7.5}
-    listed = await store.list_invocations(agent_id=agent["agent_id"], limit=5, last_key=None)
+    listed = await store.list_invocations(tenant_id=TENANT, agent_id=agent["agent_id"], limit=5, last_key=None)
     assert listed.items == [failed, succeeded]
 
 
@@ -868,11 +875,11 @@ async def test_list_invocations_pages_newest_first(store: Store) -> None:
     recorded = []
     for n in range(11):
         invocation = new_invocation(agent, created_at=ts(10 + n // 2))
-        await store.record_invocation(invocation=invocation, messages=[])
+        await store.record_invocation(tenant_id=TENANT, invocation=invocation, messages=[])
         recorded.append(invocation)
-    await store.record_invocation(invocation=new_invocation(other, created_at=ts(12)), messages=[])
+    await store.record_invocation(tenant_id=TENANT, invocation=new_invocation(other, created_at=ts(12)), messages=[])
 
-    items = await walk(lambda key: store.list_invocations(agent_id=agent["agent_id"], limit=4,
+    items = await walk(lambda key: store.list_invocations(tenant_id=TENANT, agent_id=agent["agent_id"], limit=4,
                                                           last_key=key), limit=4)
     assert set(id_list(items, "invocation_id")) == {i["invocation_id"] for i in recorded}
     assert_newest_first(items)
@@ -881,63 +888,63 @@ async def test_list_invocations_pages_newest_first(store: Store) -> None:
 async def test_a_session_turn_stores_its_messages_in_sequence(store: Store) -> None:
     agent = await registered_agent(store)
     session = new_session(agent, at=ts(200))
-    assert await store.create_session(session=session)
+    assert await store.create_session(tenant_id=TENANT, session=session)
     messages = []
     for n in range(3):
         messages += await session_turn(store, agent, session, at=ts(210 + n))
 
-    stored = await store.get_session(session_id=session["session_id"])
+    stored = await store.get_session(tenant_id=TENANT, session_id=session["session_id"])
     assert {**stored} == {**session, "message_count": 6, "last_active_at": ts(212)}
-    items = await walk(lambda key: store.list_messages(session_id=session["session_id"], limit=4,
+    items = await walk(lambda key: store.list_messages(tenant_id=TENANT, session_id=session["session_id"], limit=4,
                                                        last_key=key), limit=4)
     assert [m["seq"] for m in items] == [1, 2, 3, 4, 5, 6]
     assert [{key: m[key] for key in messages[0]} for m in items] == messages
-    assert [m["message_id"] for m in await store.recent_messages(
+    assert [m["message_id"] for m in await store.recent_messages(tenant_id=TENANT,
         session_id=session["session_id"], limit=3)] == [m["message_id"] for m in messages[3:]]
-    assert [m["message_id"] for m in await store.recent_messages(
+    assert [m["message_id"] for m in await store.recent_messages(tenant_id=TENANT,
         session_id=session["session_id"], limit=50)] == [m["message_id"] for m in messages]
-    assert (await store.get_agent(agent_id=agent["agent_id"]))["total_invocations"] == 3
+    assert (await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"]))["total_invocations"] == 3
 
 
 async def test_an_invocation_of_a_deleted_agent_raises_and_writes_nothing(store: Store) -> None:
     agent = await registered_agent(store)
-    await store.delete_agent(agent_id=agent["agent_id"])
-    before, days_before = await store.get_counters(), await store.get_daily(start=DAY0, end=DAY3)
+    await store.delete_agent(tenant_id=TENANT, agent_id=agent["agent_id"])
+    before, days_before = await store.get_counters(tenant_id=TENANT), await store.get_daily(tenant_id=TENANT, start=DAY0, end=DAY3)
 
     with pytest.raises(LookupError):
-        await store.record_invocation(invocation=new_invocation(agent, created_at=ts(10, day=2)),
+        await store.record_invocation(tenant_id=TENANT, invocation=new_invocation(agent, created_at=ts(10, day=2)),
                                       messages=[])
-    assert await store.get_counters() == before
-    assert await store.get_daily(start=DAY0, end=DAY3) == days_before
-    assert (await store.list_invocations(agent_id=agent["agent_id"], limit=5,
+    assert await store.get_counters(tenant_id=TENANT) == before
+    assert await store.get_daily(tenant_id=TENANT, start=DAY0, end=DAY3) == days_before
+    assert (await store.list_invocations(tenant_id=TENANT, agent_id=agent["agent_id"], limit=5,
                                          last_key=None)).items == []
 
 
 async def test_a_turn_in_a_deleted_session_raises_and_writes_nothing(store: Store) -> None:
     agent = await registered_agent(store)
     session = new_session(agent, at=ts(200))
-    assert await store.create_session(session=session)
-    assert await store.delete_session(session_id=session["session_id"])
-    before, agent_before = await store.get_counters(), await store.get_agent(agent_id=agent["agent_id"])
-    days_before = await store.get_daily(start=DAY0, end=DAY3)
+    assert await store.create_session(tenant_id=TENANT, session=session)
+    assert await store.delete_session(tenant_id=TENANT, session_id=session["session_id"])
+    before, agent_before = await store.get_counters(tenant_id=TENANT), await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"])
+    days_before = await store.get_daily(tenant_id=TENANT, start=DAY0, end=DAY3)
 
     invocation = new_invocation(agent, created_at=ts(10, day=2), session_id=session["session_id"])
     with pytest.raises(LookupError):
-        await store.record_invocation(invocation=invocation, messages=turn(invocation, at=ts(10, day=2)))
-    assert await store.get_counters() == before
-    assert await store.get_agent(agent_id=agent["agent_id"]) == agent_before
-    assert await store.get_daily(start=DAY0, end=DAY3) == days_before
-    assert (await store.list_invocations(agent_id=agent["agent_id"], limit=5,
+        await store.record_invocation(tenant_id=TENANT, invocation=invocation, messages=turn(invocation, at=ts(10, day=2)))
+    assert await store.get_counters(tenant_id=TENANT) == before
+    assert await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"]) == agent_before
+    assert await store.get_daily(tenant_id=TENANT, start=DAY0, end=DAY3) == days_before
+    assert (await store.list_invocations(tenant_id=TENANT, agent_id=agent["agent_id"], limit=5,
                                          last_key=None)).items == []
-    assert (await store.list_messages(session_id=session["session_id"], limit=5,
+    assert (await store.list_messages(tenant_id=TENANT, session_id=session["session_id"], limit=5,
                                       last_key=None)).items == []
 
 
 async def test_fifty_concurrent_invocations_count_exactly_fifty(store: Store) -> None:
     agent = await registered_agent(store)
     session = new_session(agent, at=ts(200))
-    assert await store.create_session(session=session)
-    before = await store.get_counters()
+    assert await store.create_session(tenant_id=TENANT, session=session)
+    before = await store.get_counters(tenant_id=TENANT)
 
     async def one(n: int) -> None:
         at = ts(300 + n / 1000, day=2)
@@ -945,26 +952,26 @@ async def test_fifty_concurrent_invocations_count_exactly_fifty(store: Store) ->
         invocation = new_invocation(agent, created_at=at, status="failed" if n % 10 == 9 else "success",
                                     duration_ms=2.0,
                                     session_id=session["session_id"] if in_session else None)
-        await store.record_invocation(invocation=invocation,
+        await store.record_invocation(tenant_id=TENANT, invocation=invocation,
                                       messages=turn(invocation, at=at) if in_session else [])
 
     await asyncio.gather(*(one(n) for n in range(50)))
 
-    stored = await store.get_agent(agent_id=agent["agent_id"])
+    stored = await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"])
     assert {key: stored[key] for key in ("total_invocations", "successful_invocations",
                                          "failed_invocations", "total_duration_ms")} == {
         "total_invocations": 50, "successful_invocations": 45, "failed_invocations": 5,
         "total_duration_ms": 100.0}
-    assert delta(before, await store.get_counters()) == {
+    assert delta(before, await store.get_counters(tenant_id=TENANT)) == {
         "invocations_total": 50, "invocations_succeeded": 45, "invocations_failed": 5,
         "invocation_ms_total": 100.0}
     assert await day_counts(store, DAY2) == {"invocations_total": 50, "invocations_succeeded": 45,
                                              "invocations_failed": 5, "invocation_ms_total": 100.0}
-    items = await walk(lambda key: store.list_invocations(agent_id=agent["agent_id"], limit=20,
+    items = await walk(lambda key: store.list_invocations(tenant_id=TENANT, agent_id=agent["agent_id"], limit=20,
                                                           last_key=key), limit=20)
     assert len(id_list(items, "invocation_id")) == 50
-    assert (await store.get_session(session_id=session["session_id"]))["message_count"] == 20
-    messages = (await store.list_messages(session_id=session["session_id"], limit=100,
+    assert (await store.get_session(tenant_id=TENANT, session_id=session["session_id"]))["message_count"] == 20
+    messages = (await store.list_messages(tenant_id=TENANT, session_id=session["session_id"], limit=100,
                                           last_key=None)).items
     assert [m["seq"] for m in messages] == list(range(1, 21))
     # Each turn's two messages stay together.
@@ -978,33 +985,33 @@ async def test_sessions_are_listed_most_recently_active_first(store: Store) -> N
     agent = await registered_agent(store)
     sessions = [new_session(agent, at=ts(200 + n)) for n in range(5)]
     for session in sessions:
-        assert await store.create_session(session=session)
+        assert await store.create_session(tenant_id=TENANT, session=session)
     await session_turn(store, agent, sessions[1], at=ts(300))
     await session_turn(store, agent, sessions[3], at=ts(310))
 
-    items = await walk(lambda key: store.list_sessions(agent_id=agent["agent_id"], limit=2,
+    items = await walk(lambda key: store.list_sessions(tenant_id=TENANT, agent_id=agent["agent_id"], limit=2,
                                                        last_key=key), limit=2)
     assert id_list(items, "session_id") == [sessions[n]["session_id"] for n in (3, 1, 4, 2, 0)]
-    assert await store.get_session(session_id=sessions[0]["session_id"]) == sessions[0]
+    assert await store.get_session(tenant_id=TENANT, session_id=sessions[0]["session_id"]) == sessions[0]
 
 
 async def test_sessions_need_an_agent_and_delete_with_their_messages(store: Store) -> None:
     agent = await registered_agent(store)
     orphan = new_session({"agent_id": "proj_000000000000:nobody"}, at=ts(1))
-    assert await store.create_session(session=orphan) is False
-    assert await store.get_session(session_id=orphan["session_id"]) is None
+    assert await store.create_session(tenant_id=TENANT, session=orphan) is False
+    assert await store.get_session(tenant_id=TENANT, session_id=orphan["session_id"]) is None
 
     session = new_session(agent, at=ts(200))
-    assert await store.create_session(session=session)
+    assert await store.create_session(tenant_id=TENANT, session=session)
     await session_turn(store, agent, session, at=ts(210))
-    assert await store.delete_session(session_id=session["session_id"]) is True
-    assert await store.get_session(session_id=session["session_id"]) is None
-    assert (await store.list_messages(session_id=session["session_id"], limit=5,
+    assert await store.delete_session(tenant_id=TENANT, session_id=session["session_id"]) is True
+    assert await store.get_session(tenant_id=TENANT, session_id=session["session_id"]) is None
+    assert (await store.list_messages(tenant_id=TENANT, session_id=session["session_id"], limit=5,
                                       last_key=None)).items == []
-    assert (await store.list_sessions(agent_id=agent["agent_id"], limit=5, last_key=None)).items == []
-    assert await store.delete_session(session_id=session["session_id"]) is False
+    assert (await store.list_sessions(tenant_id=TENANT, agent_id=agent["agent_id"], limit=5, last_key=None)).items == []
+    assert await store.delete_session(tenant_id=TENANT, session_id=session["session_id"]) is False
     # The invocation behind the turn is history, kept with the agent.
-    assert (await store.get_agent(agent_id=agent["agent_id"]))["total_invocations"] == 1
+    assert (await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"]))["total_invocations"] == 1
 
 
 # -- size limit ------------------------------------------------------------------------------
@@ -1013,48 +1020,48 @@ async def test_items_over_400_kb_are_refused_naming_the_field(store: Store) -> N
     session = new_session(agent, at=ts(1))
     session["metadata"] = {"notes": "x" * 420_000}
     with pytest.raises(RecordTooLarge) as refused:
-        await store.create_session(session=session)
+        await store.create_session(tenant_id=TENANT, session=session)
     assert refused.value.field == "metadata"
-    assert await store.get_session(session_id=session["session_id"]) is None
+    assert await store.get_session(tenant_id=TENANT, session_id=session["session_id"]) is None
 
     project, build = await add_project(store)
-    before = await store.get_build(build_id=build["build_id"])
+    before = await store.get_build(tenant_id=TENANT, build_id=build["build_id"])
     with pytest.raises(RecordTooLarge) as refused:
-        await store.update_build(build_id=build["build_id"], changes={"progress": 5.0},
+        await store.update_build(tenant_id=TENANT, build_id=build["build_id"], changes={"progress": 5.0},
                                  expect_status=("queued",), artifacts=[
             {"project_id": project["project_id"], "build_id": build["build_id"], "path": "big.txt",
              "stage": "agent_design", "content": "y" * 500_000, "size": 500_000,
              "created_at": ts(2)}])
     assert refused.value.field == "content"
-    assert await store.get_build(build_id=build["build_id"]) == before
+    assert await store.get_build(tenant_id=TENANT, build_id=build["build_id"]) == before
     with pytest.raises(RecordTooLarge) as refused:
-        await store.update_build(build_id=build["build_id"], changes={"context": {"blob": "z" * 450_000}},
+        await store.update_build(tenant_id=TENANT, build_id=build["build_id"], changes={"context": {"blob": "z" * 450_000}},
                                  expect_status=("queued",))
     assert refused.value.field == "context"
-    assert await store.get_build(build_id=build["build_id"]) == before
+    assert await store.get_build(tenant_id=TENANT, build_id=build["build_id"]) == before
 
-    stored_agent = await store.get_agent(agent_id=agent["agent_id"])
+    stored_agent = await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"])
     with pytest.raises(RecordTooLarge) as refused:
-        await store.update_agent(agent_id=agent["agent_id"], changes={"description": "d" * 410_000})
+        await store.update_agent(tenant_id=TENANT, agent_id=agent["agent_id"], changes={"description": "d" * 410_000})
     assert refused.value.field == "description"
-    assert await store.get_agent(agent_id=agent["agent_id"]) == stored_agent
+    assert await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"]) == stored_agent
 
 
 async def test_get_daily_returns_the_days_in_range_that_have_aggregates(store: Store) -> None:
-    await store.add_api_calls(counts={DAY0: 3, DAY1: 4})
-    await store.add_api_calls(counts={DAY0: 2, "2024-03-06": 1})
+    await store.add_api_calls(tenant_id=TENANT, counts={DAY0: 3, DAY1: 4})
+    await store.add_api_calls(tenant_id=TENANT, counts={DAY0: 2, "2024-03-06": 1})
 
     def summary(days: list[Any]) -> list[tuple[str, float]]:
         return [(day.date, day.counts["api_calls"]) for day in days]
 
-    assert summary(await store.get_daily(start=DAY0, end="2024-03-06")) == [
+    assert summary(await store.get_daily(tenant_id=TENANT, start=DAY0, end="2024-03-06")) == [
         (DAY0, 5), (DAY1, 4), ("2024-03-06", 1)]
-    assert summary(await store.get_daily(start=DAY1, end=DAY1)) == [(DAY1, 4)]
-    assert summary(await store.get_daily(start="2024-02-01", end=DAY0)) == [(DAY0, 5)]
-    assert summary(await store.get_daily(start="2024-03-06", end="2024-03-31")) == [("2024-03-06", 1)]
-    assert await store.get_daily(start=DAY2, end="2024-03-05") == []
+    assert summary(await store.get_daily(tenant_id=TENANT, start=DAY1, end=DAY1)) == [(DAY1, 4)]
+    assert summary(await store.get_daily(tenant_id=TENANT, start="2024-02-01", end=DAY0)) == [(DAY0, 5)]
+    assert summary(await store.get_daily(tenant_id=TENANT, start="2024-03-06", end="2024-03-31")) == [("2024-03-06", 1)]
+    assert await store.get_daily(tenant_id=TENANT, start=DAY2, end="2024-03-05") == []
     # API calls are a daily figure only.
-    assert await store.get_counters() == {name: 0 for name in COUNTER_NAMES}
+    assert await store.get_counters(tenant_id=TENANT) == {name: 0 for name in COUNTER_NAMES}
 
 
 async def test_get_daily_combines_every_aggregate_of_a_day(store: Store) -> None:
@@ -1062,11 +1069,11 @@ async def test_get_daily_combines_every_aggregate_of_a_day(store: Store) -> None
     await finish(store, build, "failed", at=ts(50, day=1),
                  error={"stage": "system_architecture", "code": "PROVIDER_ERROR", "message": "x"})
     agent = await registered_agent(store)
-    await store.record_invocation(invocation=new_invocation(agent, created_at=ts(60, day=1),
+    await store.record_invocation(tenant_id=TENANT, invocation=new_invocation(agent, created_at=ts(60, day=1),
                                                             duration_ms=4.0), messages=[])
-    await store.add_api_calls(counts={DAY1: 7})
+    await store.add_api_calls(tenant_id=TENANT, counts={DAY1: 7})
 
-    [day] = await store.get_daily(start=DAY1, end=DAY1)
+    [day] = await store.get_daily(tenant_id=TENANT, start=DAY1, end=DAY1)
     assert day.date == DAY1
     assert {name: value for name, value in day.counts.items() if value} == {
         "builds_total": 1, "builds_failed": 1, "invocations_total": 1, "invocations_succeeded": 1,

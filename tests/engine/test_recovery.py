@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from api.database.store import DEFAULT_TENANT as TENANT
 from api.engine.stages import initial_stages
 from api.main import create_app
 from tests.conftest import REQUIREMENT, Api, ServerProcess, make_settings, wait_until
@@ -66,7 +67,7 @@ async def test_a_build_whose_process_keeps_dying_fails_as_interrupted(tmp_path: 
         now = "2026-01-01T00:00:00.000000Z"
         stages = initial_stages()
         stages[0]["status"] = "running"
-        await store.create_project(
+        await store.create_project(tenant_id=TENANT,
             project={"project_id": "proj_0123456789ab", "user_id": "default", "project_name": "p",
                      "requirement": REQUIREMENT, "priority": 3, "tags": [], "status": "building",
                      "progress": 2.5, "current_stage": "orchestrator",

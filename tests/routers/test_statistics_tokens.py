@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from api.database.store import ACTIVE_BUILD_STATUSES, Record, Store
+from api.database.store import ACTIVE_BUILD_STATUSES, DEFAULT_TENANT as TENANT, Record, Store
 from tests.conftest import Api
 from tests.database.test_store_contract import finished, new_agent, new_build, new_invocation
 
@@ -43,10 +43,10 @@ async def build_with_usage(store: Store, *, status: str, finished_on: str,
                "status": "building", "progress": 0.0, "current_stage": None,
                "latest_build_id": build["build_id"], "created_at": created_at,
                "updated_at": created_at}
-    await store.create_project(project=project, build=build)
+    await store.create_project(tenant_id=TENANT, project=project, build=build)
     error = {"stage": "agent_design", "code": "PROVIDER_ERROR", "message": "x"} \
         if status == "failed" else None
-    assert await store.update_build(
+    assert await store.update_build(tenant_id=TENANT,
         build_id=build["build_id"], expect_status=ACTIVE_BUILD_STATUSES, expect_owner="elsewhere",
         changes={**finished(status, at=at(finished_on, 30), error=error), "usage": usage(*tokens)})
     return project
@@ -58,14 +58,14 @@ async def seed(store: Store) -> None:
                                      tokens=(1000, 200))
     await build_with_usage(store, status="failed", finished_on=today, tokens=(300, 50))
     agent = new_agent(project["project_id"], created_at=at(YESTERDAY, 40))
-    await store.put_agent(agent=agent)
+    await store.put_agent(tenant_id=TENANT, agent=agent)
     for invocation in (
             new_invocation(agent, created_at=at(YESTERDAY, 50), status="failed", tokens=(20, 0)),
             new_invocation(agent, created_at=at(today, 1), duration_ms=40.0, tokens=(30, 12),
                            ttft_ms=100.0),
             new_invocation(agent, created_at=at(today, 2), status="cancelled", duration_ms=20.0,
                            tokens=(25, 7), ttft_ms=50.0)):
-        await store.record_invocation(invocation=invocation, messages=[])
+        await store.record_invocation(tenant_id=TENANT, invocation=invocation, messages=[])
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from api.core.store_errors import RecordConflict, RecordTooLarge, StoreError, St
 from api.database.dynamodb.codec import Item, _check_size, _n, _s
 from api.database.dynamodb.expressions import _Expression, _update_expression
 from api.database.dynamodb.keys import (
-    CLAIM_ATTRIBUTES, COUNTER_SHARDS, DAILY_SHARDS, INDEXES, TABLE_NAME, Key, _key)
+    CLAIM_ATTRIBUTES, COUNTER_SHARDS, DAILY_SHARDS, INDEXES, TABLE_NAME, Key, _key, _platform_scope)
 from api.database.store import Store
 from api.observability import db_observer
 
@@ -119,8 +119,8 @@ class DynamoDBClient(Store):
         self._client: Any = None
         self._ping_client: Any = None
         self._exit_stack: AsyncExitStack | None = None
-        # The build items and log counters this process read or wrote last, which
-        # DynamoDBBuilds keeps; closing forgets them.
+        # The build items and log counters this process read or wrote last, by the build's
+        # partition key (tenant and id), which DynamoDBBuilds keeps; closing forgets them.
         self._builds: OrderedDict[str, Item] = OrderedDict()
         self._log_seqs: OrderedDict[str, int] = OrderedDict()
 
@@ -314,44 +314,60 @@ class DynamoDBClient(Store):
         return found
 
     async def _batch_delete(self, operation: str, keys: Iterable[Key]) -> None:
-        async def delete(chunk: list[Key]) -> None:
-            requests = [{"DeleteRequest": {"Key": _key(pk, sk)}} for pk, sk in chunk]
+        await self._batch_write(operation, [{"DeleteRequest": {"Key": _key(pk, sk)}}
+                                            for pk, sk in dict.fromkeys(keys)])
+
+    async def _batch_write(self, operation: str, requests: list[dict[str, Any]]) -> None:
+        """BatchWriteItem's put and delete requests, at most one per key, retried until none
+        is left unprocessed."""
+        async def write(chunk: list[dict[str, Any]]) -> None:
             for attempt in range(CONTENTION_ATTEMPTS):
                 response = await self._call(operation, "BatchWriteItem",
-                                            {"RequestItems": {self.table: requests}})
-                requests = response.get("UnprocessedItems", {}).get(self.table)
-                if not requests:
+                                            {"RequestItems": {self.table: chunk}})
+                chunk = response.get("UnprocessedItems", {}).get(self.table)
+                if not chunk:
                     return
                 await _back_off(attempt)
             raise StoreError("DynamoDB kept items of a BatchWriteItem unprocessed")
 
-        await asyncio.gather(*(delete(chunk) for chunk in _chunks(list(dict.fromkeys(keys)),
-                                                                  MAX_BATCH_WRITE)))
+        await asyncio.gather(*(write(chunk) for chunk in _chunks(requests, MAX_BATCH_WRITE)))
 
     async def _purge_partition(self, operation: str, pk: str) -> None:
         items = await self._query_all(operation, partition=pk, projection=("sk",))
         await self._batch_delete(operation, [(pk, item["sk"]["S"]) for item in items])
 
     # -- aggregates ------------------------------------------------------------------------
-    def _bump_counters(self, deltas: dict[str, float]) -> dict[str, Any] | None:
-        """One counter shard's update, or None when nothing changes."""
+    def _bump_counters(self, scope: str, deltas: dict[str, float]) -> list[dict[str, Any]]:
+        """The updates of one counter shard of the tenant (its `scope`) and one of the
+        platform totals; none when nothing changes."""
         changes = {name: _n(delta) for name, delta in deltas.items() if delta}
         if not changes:
-            return None
-        expression = _Expression()
-        shard = random.randrange(COUNTER_SHARDS)
-        return self._update(_key(f"COUNTERS#{shard}", "#COUNTERS"), expression,
-                            _update_expression(expression, add=changes))
+            return []
+        return [self._update(_key(f"{partition}COUNTERS#{random.randrange(COUNTER_SHARDS)}",
+                                  "#COUNTERS"), expression,
+                             _update_expression(expression, add=changes))
+                for partition, expression in ((scope, _Expression()),
+                                              (_platform_scope(), _Expression()))]
 
-    def _bump_daily(self, day: str, deltas: dict[str, float]) -> dict[str, Any]:
-        expression = _Expression()
-        shard = random.randrange(DAILY_SHARDS)
-        return self._update(_key(f"DAILY#{shard}", day), expression,
-                            _update_expression(expression, add={name: _n(delta)
-                                                                for name, delta in deltas.items()}))
+    def _bump_daily(self, scope: str, day: str, deltas: dict[str, float]) -> list[dict[str, Any]]:
+        """The updates of one daily shard of the tenant and one of the platform totals."""
+        changes = {name: _n(delta) for name, delta in deltas.items()}
+        return [self._update(_key(f"{partition}DAILY#{random.randrange(DAILY_SHARDS)}", day),
+                             expression, _update_expression(expression, add=changes))
+                for partition, expression in ((scope, _Expression()),
+                                              (_platform_scope(), _Expression()))]
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
+        await self._connect()
+        try:
+            await self._check_layout(new_table=await self._ensure_table())
+            await self._finish_interrupted_deletes()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _connect(self) -> None:
         stack = AsyncExitStack()
         try:
             self._client = await self._open_client(stack, AioConfig(
@@ -367,20 +383,16 @@ class DynamoDBClient(Store):
             await stack.aclose()
             raise StoreError(f"DynamoDB client could not start: {exc}") from exc
         self._exit_stack = stack
-        try:
-            await self._ensure_table()
-            await self._finish_interrupted_deletes()
-        except BaseException:
-            await self.close()
-            raise
 
-    async def _ensure_table(self) -> None:
+    async def _ensure_table(self) -> bool:
         """Create the table (on-demand capacity) unless it exists, and wait until it and its
-        indexes are ACTIVE. Several instances may do this at once."""
+        indexes are ACTIVE; True when this call created it. Several instances may do this at
+        once."""
+        created = False
         try:
             table = (await self._call("open", "DescribeTable", {"TableName": self.table}))["Table"]
         except _TableMissing:
-            table = await self._create_table()
+            table, created = await self._create_table()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TABLE_ACTIVE_TIMEOUT_SECONDS
         while not self._active(table):
@@ -394,8 +406,10 @@ class DynamoDBClient(Store):
         if missing:
             raise StoreError(f"DynamoDB table {self.table} lacks the indexes {missing}; it was "
                              "not created by this version")
+        return created
 
-    async def _create_table(self) -> dict[str, Any]:
+    async def _create_table(self) -> tuple[dict[str, Any], bool]:
+        """The new table's description, and whether this call created it."""
         indexes = []
         for name in INDEXES:
             projection: dict[str, Any] = {"ProjectionType": "KEYS_ONLY"}
@@ -414,9 +428,10 @@ class DynamoDBClient(Store):
                               {"AttributeName": "sk", "KeyType": "RANGE"}],
                 "GlobalSecondaryIndexes": indexes})
         except _TableExists:  # another instance created it first
-            return (await self._call("open", "DescribeTable", {"TableName": self.table}))["Table"]
+            described = await self._call("open", "DescribeTable", {"TableName": self.table})
+            return described["Table"], False
         logger.info("Created DynamoDB table", extra={"table": self.table})
-        return response["TableDescription"]
+        return response["TableDescription"], True
 
     @staticmethod
     def _active(table: dict[str, Any]) -> bool:
@@ -433,6 +448,10 @@ class DynamoDBClient(Store):
     async def ping(self) -> None:
         await self._call("ping", "GetItem", {"TableName": self.table, "Key": _key("PING", "PING")},
                          client=self._ping_client)
+
+    @abc.abstractmethod
+    async def _check_layout(self, *, new_table: bool) -> None:
+        """Refuse a table whose items are laid out for another release (mark a new one)."""
 
     @abc.abstractmethod
     async def _finish_interrupted_deletes(self) -> None:

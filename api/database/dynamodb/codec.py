@@ -30,28 +30,28 @@ INT_FIELDS = frozenset({"priority", "recoveries", "size", "message_count", "seq"
                         "cancelled_invocations", "input_tokens", "output_tokens",
                         "total_input_tokens", "total_output_tokens", "ttft_count"})
 
-PROJECT_FIELDS = ("project_id", "user_id", "project_name", "requirement", "priority", "tags",
+PROJECT_FIELDS = ("tenant_id", "project_id", "user_id", "project_name", "requirement", "priority", "tags",
                   "status", "progress", "current_stage", "latest_build_id", "created_at",
                   "updated_at")
-BUILD_FIELDS = ("build_id", "project_id", "status", "progress", "current_stage", "stages",
+BUILD_FIELDS = ("tenant_id", "build_id", "project_id", "status", "progress", "current_stage", "stages",
                 "context", "error", "request_id", "owner", "lease_until", "recoveries",
                 "duration_seconds", "created_at", "started_at", "finished_at", "updated_at", "usage")
 LOG_FIELDS = ("stage", "timestamp", "level", "message")
-ARTIFACT_FIELDS = ("project_id", "path", "build_id", "stage", "content", "size", "created_at")
+ARTIFACT_FIELDS = ("tenant_id", "project_id", "path", "build_id", "stage", "content", "size", "created_at")
 ARTIFACT_LISTED_FIELDS = tuple(name for name in ARTIFACT_FIELDS if name != "content")
-AGENT_FIELDS = ("agent_id", "project_id", "agent_name", "description", "category",
+AGENT_FIELDS = ("tenant_id", "agent_id", "project_id", "agent_name", "description", "category",
                 "capabilities", "tools", "system_prompt", "status", "error_message", "build_id",
                 "created_at", "updated_at")
 AGENT_STAT_FIELDS = ("total_invocations", "successful_invocations", "failed_invocations",
                      "cancelled_invocations", "total_duration_ms", "total_input_tokens",
                      "total_output_tokens", "ttft_ms_total", "ttft_count", "last_invoked_at")
-INVOCATION_FIELDS = ("invocation_id", "agent_id", "project_id", "session_id", "input_text",
+INVOCATION_FIELDS = ("tenant_id", "invocation_id", "agent_id", "project_id", "session_id", "input_text",
                      "output", "status", "error", "duration_ms", "trace", "created_at", "model",
                      "input_tokens", "output_tokens", "tokens_estimated",
                      "time_to_first_token_ms", "finish_reason")
-SESSION_FIELDS = ("session_id", "agent_id", "display_name", "metadata", "message_count",
+SESSION_FIELDS = ("tenant_id", "session_id", "agent_id", "display_name", "metadata", "message_count",
                   "created_at", "last_active_at")
-MESSAGE_FIELDS = ("message_id", "session_id", "seq", "role", "content", "invocation_id",
+MESSAGE_FIELDS = ("tenant_id", "message_id", "session_id", "seq", "role", "content", "invocation_id",
                   "created_at")
 # Also what items written before a field existed read as.
 DEFAULTS: dict[str, Any] = {"recoveries": 0, "message_count": 0, "total_invocations": 0,

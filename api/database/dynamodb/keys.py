@@ -7,6 +7,7 @@ from typing import Any
 
 from api.core.store_errors import InvalidValue
 from api.database.dynamodb.codec import Item, _s
+from api.database.store import PLATFORM_SCOPE
 
 Key = tuple[str, str]
 
@@ -29,7 +30,13 @@ LOGS_SK = "#LOGS"
 # A project's build references sort just before the project item: one Query reads both.
 BUILD_REF = "#BUILD#"
 FAILED_STAGE_PREFIX = "failed_stage#"
+# Partitions shared by every tenant: cleanup markers, each engine's lease rows (LEASE#<owner>)
+# and the claim loop's gsi2 partition of active builds.
 CLEANUP_PK = "CLEANUP"
+ACTIVE_BUILDS = "BUILDS#active"
+# Every other partition key, of the table and of its indexes, starts with its tenant's scope,
+# so that a tenant's lookups and listings never reach another tenant's items.
+TENANT_PREFIX = "T#"
 
 
 def _key(pk: str, sk: str) -> Item:
@@ -55,7 +62,31 @@ def _position(timestamp: str, identifier: str) -> str:
     return f"{timestamp}#{identifier}"
 
 
-def _project_status_keys(status: str, user_id: str) -> Item:
+def _scope(tenant_id: str) -> str:
+    """The prefix of the tenant's partition keys (PLATFORM_SCOPE's holds platform totals)."""
+    tenant = _part("tenant_id", tenant_id)
+    if "#" in tenant:
+        raise InvalidValue("tenant_id", "must not contain '#'")
+    return f"{TENANT_PREFIX}{tenant}#"
+
+
+def _platform_scope() -> str:
+    return _scope(PLATFORM_SCOPE)
+
+
+def _cleanup_sk(kind: str, scope: str, identifier: str) -> str:
+    """A cleanup marker's sort key: what to finish (a project, agent or session) and where."""
+    return f"{kind}#{scope}{identifier}"
+
+
+def _parse_cleanup_sk(sk: str) -> tuple[str, str, str]:
+    """(kind, scope, identifier) of a cleanup marker."""
+    kind, rest = sk.split("#", 1)
+    tenant, identifier = rest[len(TENANT_PREFIX):].split("#", 1)
+    return kind, f"{TENANT_PREFIX}{tenant}#", identifier
+
+
+def _project_status_keys(scope: str, status: str, user_id: str) -> Item:
     """A project's index keys that follow its status (its latest build's)."""
-    return {"gsi2pk": _s(f"PROJECTS#status#{status}"),
-            "gsi4pk": _s(f"PROJECTS#status_user#{status}#{user_id}")}
+    return {"gsi2pk": _s(f"{scope}PROJECTS#status#{status}"),
+            "gsi4pk": _s(f"{scope}PROJECTS#status_user#{status}#{user_id}")}

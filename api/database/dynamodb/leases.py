@@ -8,7 +8,8 @@ from api.database.dynamodb.builds import DynamoDBBuilds
 from api.database.dynamodb.client import _Refused
 from api.database.dynamodb.codec import BUILD_FIELDS, Item, _record, _s, _text
 from api.database.dynamodb.expressions import _Expression, _update_expression
-from api.database.dynamodb.keys import BUILD_SK, CLAIM_ATTRIBUTES, _key, _keyable
+from api.database.dynamodb.keys import (
+    ACTIVE_BUILDS, BUILD_SK, CLAIM_ATTRIBUTES, _key, _keyable, _scope)
 from api.database.interfaces import LeaseStore
 from api.database.store import ACTIVE_BUILD_STATUSES, CLAIMABLE_UNOWNED_STATUSES, Record
 
@@ -24,8 +25,8 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
                 and build["lease_until"] < now)
 
     async def list_claimable_builds(self, *, now: str, limit: int) -> list[Record]:
-        """Active builds are the sparse gsi2 partition BUILDS#active, which carries status,
-        owner and lease, so the claim filter runs inside the Query."""
+        """Active builds, of every tenant, are the sparse gsi2 partition BUILDS#active, which
+        carries status, owner and lease, so the claim filter runs inside the Query."""
         operation = "list_claimable_builds"
         claimable: list[Record] = []
         start = None
@@ -35,7 +36,7 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
             filter_ = (f"(attribute_not_exists({owner}) AND {status} IN "
                        f"({expression.values_of(CLAIMABLE_UNOWNED_STATUSES)})) OR "
                        f"(attribute_exists({owner}) AND {lease} < {expression.value(_s(now))})")
-            page, start = await self._query(operation, index="gsi2", partition="BUILDS#active",
+            page, start = await self._query(operation, index="gsi2", partition=ACTIVE_BUILDS,
                                             forward=True, start=start, filter_=filter_,
                                             expression=expression)
             keys = [(item["pk"]["S"], BUILD_SK) for item in page]
@@ -49,7 +50,8 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
                 break
         return claimable
 
-    async def claim_build(self, *, build_id: str, owner: str, lease_until: str, now: str) -> bool:
+    async def claim_build(self, *, tenant_id: str, build_id: str, owner: str, lease_until: str,
+                          now: str) -> bool:
         def decide(build: Record) -> Record | None:
             if not self._claimable(build, now):
                 return None
@@ -60,12 +62,12 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
 
         # A claim always reads afresh and requires the lease it read: a renewal between the
         # read and the write keeps the build with its live owner.
-        return await self._change_build("claim_build", build_id, decide, cached=False,
-                                        check_lease=True)
+        return await self._change_build("claim_build", _scope(tenant_id), build_id, decide,
+                                        cached=False, check_lease=True)
 
     async def renew_leases(self, *, owner: str, lease_until: str) -> list[Record]:
-        """The owner's lease rows name its builds; each renewal is conditional on the build
-        still being active and owned by it. The rows are read again until no claim made
+        """The owner's lease rows name its builds (their partition keys); each renewal is
+        conditional on the build still being active and owned by it. The rows are read again until no claim made
         meanwhile is missing, so the answer covers every build held when it returns."""
         operation = "renew_leases"
         if not _keyable(owner):
@@ -73,23 +75,22 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
         renewed: dict[str, Record | None] = {}
         while True:
             rows = await self._query_all(operation, partition=f"LEASE#{owner}", projection=("sk",))
-            new = [row["sk"]["S"][len("BUILD#"):] for row in rows
-                   if row["sk"]["S"][len("BUILD#"):] not in renewed]
+            new = [row["sk"]["S"] for row in rows if row["sk"]["S"] not in renewed]
             if not new:
                 return [build for build in renewed.values() if build is not None]
-            results = await asyncio.gather(*(self._renew_lease(owner, build_id, lease_until)
-                                             for build_id in new))
+            results = await asyncio.gather(*(self._renew_lease(owner, pk, lease_until)
+                                             for pk in new))
             renewed.update(zip(new, results, strict=True))
 
-    async def _renew_lease(self, owner: str, build_id: str, lease_until: str) -> Record | None:
-        """The build (id and status) when the owner still holds it."""
+    async def _renew_lease(self, owner: str, pk: str, lease_until: str) -> Record | None:
+        """The build (tenant, id and status) when the owner still holds it."""
         expression = _Expression()
         update = _update_expression(expression, set_={"lease_until": _s(lease_until)})
         condition = (f"{expression.name('owner')} = {expression.value(_s(owner))} AND "
                      f"{expression.name('status')} IN ({expression.values_of(ACTIVE_BUILD_STATUSES)})")
         try:
             response = await self._call("renew_leases", "UpdateItem", {
-                "TableName": self.table, "Key": _key(f"BUILD#{build_id}", BUILD_SK),
+                "TableName": self.table, "Key": _key(pk, BUILD_SK),
                 "UpdateExpression": update, "ConditionExpression": condition,
                 "ReturnValues": "ALL_NEW", "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 **expression.params()})
@@ -99,4 +100,4 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
             if not item or _text(item, "owner") != owner:
                 return None
         assert item is not None
-        return {"build_id": build_id, "status": item["status"]["S"]}
+        return _record(item, ("tenant_id", "build_id", "status"))

@@ -3,7 +3,8 @@
 import logging
 
 from api.database.dynamodb.agents import DynamoDBAgents
-from api.database.dynamodb.keys import CLEANUP_PK
+from api.database.dynamodb.keys import CLEANUP_PK, _parse_cleanup_sk
+from api.database.dynamodb.layout import DynamoDBLayout
 from api.database.dynamodb.leases import DynamoDBLeases
 from api.database.dynamodb.projects import DynamoDBProjects
 from api.database.dynamodb.sessions import DynamoDBSessions
@@ -14,7 +15,7 @@ logger = logging.getLogger("api.database.dynamodb")
 
 
 class DynamoDBStore(DynamoDBProjects, DynamoDBLeases, DynamoDBAgents, DynamoDBSessions,
-                    DynamoDBStatistics, Store):
+                    DynamoDBStatistics, DynamoDBLayout, Store):
     """The store `STORAGE_BACKEND=dynamodb` runs."""
 
     async def _finish_interrupted_deletes(self) -> None:
@@ -22,13 +23,13 @@ class DynamoDBStore(DynamoDBProjects, DynamoDBLeases, DynamoDBAgents, DynamoDBSe
         purge removes its own)."""
         markers = await self._query_all("open", partition=CLEANUP_PK, projection=("sk",))
         for marker in markers:
-            kind, identifier = marker["sk"]["S"].split("#", 1)
+            kind, scope, identifier = _parse_cleanup_sk(marker["sk"]["S"])
             logger.warning("Finishing an interrupted delete", extra={"kind": kind, "id": identifier})
             if kind == "project":
-                await self._purge_project(identifier)
+                await self._purge_project(scope, identifier)
                 continue
             if kind == "agent":
-                await self._purge_agent("open", identifier)
+                await self._purge_agent("open", scope, identifier)
             elif kind == "session":
-                await self._purge_partition("open", f"SESSION#{identifier}")
+                await self._purge_partition("open", f"{scope}SESSION#{identifier}")
             await self._batch_delete("open", [(CLEANUP_PK, marker["sk"]["S"])])

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from api.core.store_errors import StoreError
 from api.database import cursor
-from api.database.store import Page, Record, Store, check_record_size
+from api.database.store import PLATFORM_SCOPE, Page, Record, Store, check_record_size
 
 T = TypeVar("T")
 
@@ -52,9 +52,11 @@ def _column_value(column: str, value: Any) -> Any:
     return json.dumps(value) if column in JSON_COLUMNS and value is not None else value
 
 
-def insert(conn: sqlite3.Connection, table: str, record: Record) -> None:
+def insert(conn: sqlite3.Connection, table: str, record: Record, *, tenant_id: str) -> None:
+    """Insert `record` as a row of `tenant_id` (its `tenant_id` column set from the argument)."""
     # Sized as stored: a JSON column's text is what check_record_size would count for it.
     stored = {column: _column_value(column, value) for column, value in record.items()}
+    stored["tenant_id"] = tenant_id
     check_record_size(stored)
     conn.execute(
         f"INSERT INTO {table} ({', '.join(stored)}) VALUES ({', '.join('?' * len(stored))})",
@@ -74,25 +76,29 @@ def update(conn: sqlite3.Connection, table: str, key: tuple[str, Any], row: sqli
                  f"WHERE {key[0]} = ?", [*written.values(), key[1]])
 
 
-def bump(conn: sqlite3.Connection, name: str, delta: float) -> None:
-    conn.execute(
-        "INSERT INTO counters (name, value) VALUES (?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-        (name, delta),
+def bump(conn: sqlite3.Connection, tenant_id: str, name: str, delta: float) -> None:
+    """Add `delta` to an aggregate of the tenant and of the platform."""
+    conn.executemany(
+        "INSERT INTO counters (tenant_id, name, value) VALUES (?, ?, ?) "
+        "ON CONFLICT (tenant_id, name) DO UPDATE SET value = value + excluded.value",
+        [(tenant_id, name, delta), (PLATFORM_SCOPE, name, delta)],
     )
 
 
-def bump_daily(conn: sqlite3.Connection, timestamp: str, name: str, delta: float) -> None:
-    conn.execute(
-        "INSERT INTO daily_stats (date, name, value) VALUES (?, ?, ?) "
-        "ON CONFLICT (date, name) DO UPDATE SET value = value + excluded.value",
-        (timestamp[:10], name, delta),
+def bump_daily(conn: sqlite3.Connection, tenant_id: str, timestamp: str, name: str,
+               delta: float) -> None:
+    """Add `delta` to the tenant's and the platform's aggregate of the day of `timestamp`."""
+    conn.executemany(
+        "INSERT INTO daily_stats (tenant_id, date, name, value) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (tenant_id, date, name) DO UPDATE SET value = value + excluded.value",
+        [(scope, timestamp[:10], name, delta) for scope in (tenant_id, PLATFORM_SCOPE)],
     )
 
 
 def keyset_page(
     conn: sqlite3.Connection,
     *,
+    tenant_id: str,
     select: str,
     where: list[str],
     params: list[Any],
@@ -101,14 +107,15 @@ def keyset_page(
     limit: int,
     last_key: str | None,
 ) -> Page:
-    """One page ordered by the two `keys` columns, starting after the cursor `last_key`."""
-    where = list(where)
-    params = list(params)
+    """One page of the tenant's rows ordered by the two `keys` columns, starting after the
+    cursor `last_key` (every listing's index leads with tenant_id)."""
+    where = ["tenant_id = ?", *where]
+    params = [tenant_id, *params]
     if last_key is not None:
         where.append(f"({keys[0]}, {keys[1]}) {'<' if descending else '>'} (?, ?)")
         params.extend(cursor.decode(last_key, size=2))
     direction = "DESC" if descending else "ASC"
-    sql = select + (f" WHERE {' AND '.join(where)}" if where else "")
+    sql = f"{select} WHERE {' AND '.join(where)}"
     sql += f" ORDER BY {keys[0]} {direction}, {keys[1]} {direction} LIMIT ?"
     rows = conn.execute(sql, [*params, limit + 1]).fetchall()
     items = to_records(rows[:limit])

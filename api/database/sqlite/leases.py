@@ -20,15 +20,16 @@ class SQLiteLeases(SQLiteConnection):
             f"SELECT * FROM builds WHERE status IN {ACTIVE_BUILD_STATUSES} AND "
             f"{_claimable_condition()} ORDER BY created_at LIMIT ?", (now, limit)).fetchall()))
 
-    async def claim_build(self, *, build_id: str, owner: str, lease_until: str, now: str) -> bool:
+    async def claim_build(self, *, tenant_id: str, build_id: str, owner: str, lease_until: str,
+                          now: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             claimed = conn.execute(
                 # Only a takeover of an expired lease counts as a recovery (SET reads the old owner).
                 "UPDATE builds SET owner = ?, lease_until = ?, recoveries = recoveries + (owner IS NOT NULL), "
                 "status = CASE status WHEN 'queued' THEN 'running' ELSE status END, "
                 "started_at = COALESCE(started_at, ?), updated_at = ? "
-                f"WHERE build_id = ? AND {_claimable_condition()}",
-                (owner, lease_until, now, now, build_id, now)).rowcount
+                f"WHERE build_id = ? AND tenant_id = ? AND {_claimable_condition()}",
+                (owner, lease_until, now, now, build_id, tenant_id, now)).rowcount
             if claimed:
                 build = to_record(conn.execute("SELECT * FROM builds WHERE build_id = ?",
                                           (build_id,)).fetchone())
@@ -43,6 +44,6 @@ class SQLiteLeases(SQLiteConnection):
                 f"UPDATE builds SET lease_until = ? WHERE owner = ? AND status IN {ACTIVE_BUILD_STATUSES}",
                 (lease_until, owner))
             return to_records(conn.execute(
-                "SELECT build_id, status FROM builds WHERE owner = ?", (owner,)).fetchall())
+                "SELECT tenant_id, build_id, status FROM builds WHERE owner = ?", (owner,)).fetchall())
 
         return await self._write("renew_leases", work)

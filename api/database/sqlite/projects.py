@@ -17,6 +17,7 @@ from api.database.sqlite.connection import (
 from api.database.store import (
     ACTIVE_BUILD_STATUSES,
     FINAL_BUILD_STATUSES,
+    PLATFORM_SCOPE,
     PROJECT_STATUS_FOR_BUILD,
     Page,
     Record,
@@ -27,26 +28,33 @@ from api.database.store import (
 
 def _count_finished_build(conn: sqlite3.Connection, build: Record) -> None:
     """Aggregates for a build that reached a final status (in the same transaction)."""
-    status = build["status"]
-    bump(conn, "builds_active", -1)
-    bump(conn, f"builds_{status}", 1)
+    status, tenant_id = build["status"], build["tenant_id"]
+    bump(conn, tenant_id, "builds_active", -1)
+    bump(conn, tenant_id, f"builds_{status}", 1)
     finished_at = build["finished_at"]
     for name, tokens in build_token_deltas(build).items():
         if tokens:
-            bump(conn, name, tokens)
-            bump_daily(conn, finished_at, name, tokens)
+            bump(conn, tenant_id, name, tokens)
+            bump_daily(conn, tenant_id, finished_at, name, tokens)
     if status == "succeeded":
-        bump(conn, "build_seconds_succeeded", build["duration_seconds"] or 0.0)
-        bump_daily(conn, finished_at, "builds_succeeded", 1)
-        bump_daily(conn, finished_at, "build_seconds_succeeded", build["duration_seconds"] or 0.0)
+        seconds = build["duration_seconds"] or 0.0
+        bump(conn, tenant_id, "build_seconds_succeeded", seconds)
+        bump_daily(conn, tenant_id, finished_at, "builds_succeeded", 1)
+        bump_daily(conn, tenant_id, finished_at, "build_seconds_succeeded", seconds)
     elif status == "failed":
-        bump_daily(conn, finished_at, "builds_failed", 1)
+        bump_daily(conn, tenant_id, finished_at, "builds_failed", 1)
         stage = (build.get("error") or {}).get("stage") or "unknown"
-        conn.execute(
-            "INSERT INTO daily_failed_stages (date, stage, count) VALUES (?, ?, 1) "
-            "ON CONFLICT (date, stage) DO UPDATE SET count = count + 1",
-            (finished_at[:10], stage),
+        conn.executemany(
+            "INSERT INTO daily_failed_stages (tenant_id, date, stage, count) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT (tenant_id, date, stage) DO UPDATE SET count = count + 1",
+            [(scope, finished_at[:10], stage) for scope in (tenant_id, PLATFORM_SCOPE)],
         )
+
+
+def _count_new_build(conn: sqlite3.Connection, build: Record, tenant_id: str) -> None:
+    bump(conn, tenant_id, "builds_total", 1)
+    bump(conn, tenant_id, "builds_active", 1)
+    bump_daily(conn, tenant_id, build["created_at"], "builds_total", 1)
 
 
 def mirror_on_project(conn: sqlite3.Connection, build: Record) -> None:
@@ -69,97 +77,102 @@ def _append_build_logs(conn: sqlite3.Connection, build_id: str, entries: Sequenc
           entry["message"]) for offset, entry in enumerate(entries, start=1)])
 
 
-def _put_artifacts(conn: sqlite3.Connection, artifacts: Sequence[Record]) -> None:
-    for artifact in artifacts:
-        check_record_size(artifact)
+def _put_artifacts(conn: sqlite3.Connection, tenant_id: str, artifacts: Sequence[Record]) -> None:
+    rows = [{**artifact, "tenant_id": tenant_id} for artifact in artifacts]
+    for row in rows:
+        check_record_size(row)
     conn.executemany(
-        "INSERT INTO artifacts (project_id, path, build_id, stage, content, size, created_at) "
-        "VALUES (:project_id, :path, :build_id, :stage, :content, :size, :created_at) "
+        "INSERT INTO artifacts (tenant_id, project_id, path, build_id, stage, content, size, "
+        "created_at) VALUES (:tenant_id, :project_id, :path, :build_id, :stage, :content, :size, "
+        ":created_at) "
         "ON CONFLICT (project_id, path) DO UPDATE SET build_id = excluded.build_id, "
         "stage = excluded.stage, content = excluded.content, size = excluded.size, "
-        "created_at = excluded.created_at", artifacts)
+        "created_at = excluded.created_at", rows)
 
 
 class SQLiteProjects(SQLiteConnection):
     """ProjectStore on SQLite."""
 
-    async def create_project(self, *, project: Record, build: Record) -> None:
+    async def create_project(self, *, tenant_id: str, project: Record, build: Record) -> None:
         def work(conn: sqlite3.Connection) -> None:
-            insert(conn, "projects", project)
-            insert(conn, "builds", build)
-            bump(conn, "builds_total", 1)
-            bump(conn, "builds_active", 1)
-            bump_daily(conn, build["created_at"], "builds_total", 1)
+            insert(conn, "projects", project, tenant_id=tenant_id)
+            insert(conn, "builds", build, tenant_id=tenant_id)
+            _count_new_build(conn, build, tenant_id)
 
         await self._write("create_project", work)
 
-    async def get_project(self, *, project_id: str) -> Record | None:
+    async def get_project(self, *, tenant_id: str, project_id: str) -> Record | None:
         return await self._read("get_project", lambda conn: to_record(conn.execute(
-            "SELECT * FROM projects WHERE project_id = ?", (project_id,)).fetchone()))
+            "SELECT * FROM projects WHERE project_id = ? AND tenant_id = ?",
+            (project_id, tenant_id)).fetchone()))
 
-    async def list_projects(self, *, limit: int, last_key: str | None, status: str | None = None,
-                            user_id: str | None = None) -> Page:
+    async def list_projects(self, *, tenant_id: str, limit: int, last_key: str | None,
+                            status: str | None = None, user_id: str | None = None) -> Page:
         where, params = [], []
         for column, value in (("user_id", user_id), ("status", status)):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
         return await self._read("list_projects", lambda conn: keyset_page(
-            conn, select="SELECT * FROM projects", where=where, params=params,
+            conn, tenant_id=tenant_id, select="SELECT * FROM projects", where=where, params=params,
             keys=("created_at", "project_id"), descending=True, limit=limit, last_key=last_key))
 
-    async def delete_project(self, *, project_id: str) -> bool:
+    async def delete_project(self, *, tenant_id: str, project_id: str) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
-            if conn.execute("DELETE FROM projects WHERE project_id = ?", (project_id,)).rowcount == 0:
+            # Only a project of the tenant is deleted; what is under it is then its own.
+            if conn.execute("DELETE FROM projects WHERE project_id = ? AND tenant_id = ?",
+                            (project_id, tenant_id)).rowcount == 0:
                 return False
             active = conn.execute(
                 f"SELECT count(*) FROM builds WHERE project_id = ? AND status IN "
                 f"{ACTIVE_BUILD_STATUSES}", (project_id,)).fetchone()[0]
             if active:
-                bump(conn, "builds_active", -active)
-                bump(conn, "builds_cancelled", active)
+                bump(conn, tenant_id, "builds_active", -active)
+                bump(conn, tenant_id, "builds_cancelled", active)
             conn.execute(
                 "DELETE FROM build_logs WHERE build_id IN "
                 "(SELECT build_id FROM builds WHERE project_id = ?)", (project_id,))
             conn.execute("DELETE FROM builds WHERE project_id = ?", (project_id,))
             conn.execute("DELETE FROM artifacts WHERE project_id = ?", (project_id,))
-            delete_agents(conn, "project_id = ?", (project_id,))
+            delete_agents(conn, tenant_id, "project_id = ?", (project_id,))
             return True
 
         return await self._write("delete_project", work)
 
-    async def add_build(self, *, build: Record) -> bool:
+    async def add_build(self, *, tenant_id: str, build: Record) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             latest = conn.execute(
                 "SELECT b.status FROM projects p LEFT JOIN builds b ON b.build_id = p.latest_build_id "
-                "WHERE p.project_id = ?", (build["project_id"],)).fetchone()
+                "WHERE p.project_id = ? AND p.tenant_id = ?",
+                (build["project_id"], tenant_id)).fetchone()
             if latest is None or latest["status"] in ACTIVE_BUILD_STATUSES:
                 return False
-            insert(conn, "builds", build)
+            insert(conn, "builds", build, tenant_id=tenant_id)
             conn.execute(
                 "UPDATE projects SET latest_build_id = ?, status = ?, progress = ?, "
                 "current_stage = ?, updated_at = ? WHERE project_id = ?",
                 (build["build_id"], PROJECT_STATUS_FOR_BUILD[build["status"]], build["progress"],
                  build["current_stage"], build["created_at"], build["project_id"]))
-            bump(conn, "builds_total", 1)
-            bump(conn, "builds_active", 1)
-            bump_daily(conn, build["created_at"], "builds_total", 1)
+            _count_new_build(conn, build, tenant_id)
             return True
 
         return await self._write("add_build", work)
 
-    async def get_build(self, *, build_id: str) -> Record | None:
+    async def get_build(self, *, tenant_id: str, build_id: str) -> Record | None:
         return await self._read("get_build", lambda conn: to_record(conn.execute(
-            "SELECT * FROM builds WHERE build_id = ?", (build_id,)).fetchone()))
+            "SELECT * FROM builds WHERE build_id = ? AND tenant_id = ?",
+            (build_id, tenant_id)).fetchone()))
 
-    async def get_project_with_latest_build(self, *, project_id: str) -> tuple[Record, Record] | None:
+    async def get_project_with_latest_build(self, *, tenant_id: str,
+                                            project_id: str) -> tuple[Record, Record] | None:
         def read(conn: sqlite3.Connection) -> tuple[Record, Record] | None:
             # One read transaction: both rows from the same snapshot, in one thread hop (the
             # project GET's two hops were a tenth of its time, docs/PERFORMANCE.md F4).
             conn.execute("BEGIN")
             try:
                 project = to_record(conn.execute(
-                    "SELECT * FROM projects WHERE project_id = ?", (project_id,)).fetchone())
+                    "SELECT * FROM projects WHERE project_id = ? AND tenant_id = ?",
+                    (project_id, tenant_id)).fetchone())
                 build = project and to_record(conn.execute(
                     "SELECT * FROM builds WHERE build_id = ?", (project["latest_build_id"],)).fetchone())
             finally:
@@ -168,16 +181,18 @@ class SQLiteProjects(SQLiteConnection):
 
         return await self._read("get_project_with_latest_build", read)
 
-    async def list_builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page:
+    async def list_builds(self, *, tenant_id: str, project_id: str, limit: int,
+                          last_key: str | None) -> Page:
         return await self._read("list_builds", lambda conn: keyset_page(
-            conn, select="SELECT * FROM builds", where=["project_id = ?"], params=[project_id],
+            conn, tenant_id=tenant_id, select="SELECT * FROM builds", where=["project_id = ?"], params=[project_id],
             keys=("created_at", "build_id"), descending=True, limit=limit, last_key=last_key))
 
-    async def update_build(self, *, build_id: str, changes: Record, expect_status: tuple[str, ...],
-                           expect_owner: str | None = None, logs: Sequence[Record] = (),
-                           artifacts: Sequence[Record] = ()) -> bool:
+    async def update_build(self, *, tenant_id: str, build_id: str, changes: Record,
+                           expect_status: tuple[str, ...], expect_owner: str | None = None,
+                           logs: Sequence[Record] = (), artifacts: Sequence[Record] = ()) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
-            row = conn.execute("SELECT * FROM builds WHERE build_id = ?", (build_id,)).fetchone()
+            row = conn.execute("SELECT * FROM builds WHERE build_id = ? AND tenant_id = ?",
+                               (build_id, tenant_id)).fetchone()
             current = to_record(row)
             if current is None or current["status"] not in expect_status:
                 return False
@@ -191,22 +206,25 @@ class SQLiteProjects(SQLiteConnection):
             if logs:
                 _append_build_logs(conn, build_id, logs)
             if artifacts:
-                _put_artifacts(conn, artifacts)
+                _put_artifacts(conn, tenant_id, artifacts)
             return True
 
         return await self._write("update_build", work)
 
-    async def list_build_logs(self, *, build_id: str, stage: str) -> list[Record]:
+    async def list_build_logs(self, *, tenant_id: str, build_id: str, stage: str) -> list[Record]:
+        # A build's lines are its own: the tenant is the build's (found by its key).
         return await self._read("list_build_logs", lambda conn: to_records(conn.execute(
-            "SELECT stage, timestamp, level, message FROM build_logs "
-            "WHERE build_id = ? AND stage = ? ORDER BY seq", (build_id, stage)).fetchall()))
+            "SELECT stage, timestamp, level, message FROM build_logs WHERE build_id = ? AND "
+            "stage = ? AND EXISTS (SELECT 1 FROM builds WHERE build_id = ? AND tenant_id = ?) "
+            "ORDER BY seq", (build_id, stage, build_id, tenant_id)).fetchall()))
 
-    async def list_artifacts(self, *, project_id: str) -> list[Record]:
+    async def list_artifacts(self, *, tenant_id: str, project_id: str) -> list[Record]:
         return await self._read("list_artifacts", lambda conn: to_records(conn.execute(
-            "SELECT project_id, path, build_id, stage, size, created_at FROM artifacts "
-            "WHERE project_id = ? ORDER BY path", (project_id,)).fetchall()))
+            "SELECT tenant_id, project_id, path, build_id, stage, size, created_at FROM artifacts "
+            "WHERE project_id = ? AND tenant_id = ? ORDER BY path",
+            (project_id, tenant_id)).fetchall()))
 
-    async def get_artifact(self, *, project_id: str, path: str) -> Record | None:
+    async def get_artifact(self, *, tenant_id: str, project_id: str, path: str) -> Record | None:
         return await self._read("get_artifact", lambda conn: to_record(conn.execute(
-            "SELECT * FROM artifacts WHERE project_id = ? AND path = ?",
-            (project_id, path)).fetchone()))
+            "SELECT * FROM artifacts WHERE project_id = ? AND path = ? AND tenant_id = ?",
+            (project_id, path, tenant_id)).fetchone()))
