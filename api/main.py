@@ -23,6 +23,7 @@ from api.dependencies import count_api_call, refuse_unknown_query_params
 from api.engine.build_engine import BuildEngine
 from api.engine.stage_work import StageWorker
 from api.middleware.body_limit import BodySizeLimitMiddleware
+from api.middleware.idempotency import IdempotencyMiddleware
 from api.observability.model_probe import ModelProbe
 from api.providers.base import ModelProvider
 from api.providers.client import ModelClient
@@ -83,6 +84,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         endpoint=provider.endpoint,
         models={"build": settings.model_for("build"), "invoke": settings.model_for("invoke")})
     app.state.store = store
+    # A model call's deadline bounds how long a request runs (the idempotency keys' claims).
+    app.state.model_deadline_seconds = client.deadline_seconds
     app.state.engine = engine
     app.state.api_calls = api_calls
     app.state.project_service = ProjectService(store=store, engine=engine)
@@ -138,6 +141,8 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
     app.include_router(v1)
     docs.include(app)
     openapi.install(app)
+    # Inside the body limit, which refuses an oversized body before anything reads it.
+    app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodySizeLimitMiddleware)
     instrumentation.add_tracing(app, settings)
     return app

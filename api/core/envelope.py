@@ -17,6 +17,8 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "METHOD_NOT_ALLOWED": (405, "Use one of the methods listed in the Allow header."),
     "RESOURCE_CONFLICT": (409, "The resource changed or already exists; read it again before retrying."),
     "INVALID_STATE": (409, "Read the resource's current status; this action is not allowed in it."),
+    "IDEMPOTENCY_KEY_REUSED": (409, "Use a new Idempotency-Key for a different request; a key stands for one request body for 24 h."),
+    "IDEMPOTENCY_KEY_IN_USE": (409, "The first request with this Idempotency-Key is still running; retry after Retry-After."),
     "PAYLOAD_TOO_LARGE": (413, "Send a request body of at most 1 MiB; a stored record holds at most 400 KiB."),
     "RATE_LIMIT_EXCEEDED": (429, "Slow down and retry after the time given in Retry-After."),
     "AGENT_INVOCATION_FAILED": (502, "The model provider failed; retry, and check the provider's status."),

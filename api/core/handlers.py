@@ -88,6 +88,10 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 
 async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
+    return store_error_response(exc)
+
+
+def store_error_response(exc: StoreError) -> JSONResponse:
     """Store errors by kind; the same on every backend. Only the kinds about the caller's input
     say what the store said: the others may name tables, files or the backend's error text."""
     if isinstance(exc, InvalidCursor):

@@ -14,7 +14,8 @@ of another tenant is exactly as absent as one that does not exist. Writes set ea
 `tenant_id` from the argument (a caller never has to). Two kinds of method span tenants:
 the engine's lease methods (`list_claimable_builds`, `renew_leases`: one engine serves every
 tenant, and the builds they return carry their `tenant_id`), and the statistics reads with
-`tenant_id=None`, the platform-wide totals operators see.
+`tenant_id=None`, the platform-wide totals operators see. Idempotency keys are a tenant's
+too: the same key of two tenants names two unrelated requests.
 """
 
 import abc
@@ -216,3 +217,44 @@ class StatisticsStore(abc.ABC):
     async def add_api_calls(self, *, tenant_id: str, counts: dict[str, int]) -> None:
         """Add HTTP request counts per ISO date."""
 
+
+
+@dataclass(frozen=True)
+class IdempotentAnswer:
+    """The response to a request made with an idempotency key, kept to answer its retries."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class IdempotencyKeyState:
+    """A key another request holds: what that request was (`fingerprint`), and its answer,
+    or None while it is still being answered."""
+
+    fingerprint: str
+    answer: IdempotentAnswer | None
+
+
+class IdempotencyStore(abc.ABC):
+    """Idempotency keys (`Idempotency-Key`): a claim per key, then the answer to replay."""
+
+    @abc.abstractmethod
+    async def claim_idempotency_key(
+        self, *, tenant_id: str, key: str, fingerprint: str, claim_id: str, now: str,
+        expires_at: str, stale_before: str,
+    ) -> IdempotencyKeyState | None:
+        """Claim `key` for a request, atomically: None when this call holds it now (the key
+        was unused, expired at `now`, or claimed before `stale_before` and never answered: the
+        process answering it is taken to have died); otherwise the state of the key."""
+
+    @abc.abstractmethod
+    async def keep_idempotent_answer(self, *, tenant_id: str, key: str, claim_id: str,
+                                     answer: IdempotentAnswer) -> bool:
+        """Store the answer of claim `claim_id`; False when the claim is no longer held.
+        Raises RecordTooLarge for an answer over MAX_RECORD_BYTES."""
+
+    @abc.abstractmethod
+    async def release_idempotency_key(self, *, tenant_id: str, key: str, claim_id: str) -> None:
+        """Drop claim `claim_id` if it is still held and unanswered, so a retry runs anew."""

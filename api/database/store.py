@@ -20,10 +20,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from api.core.store_errors import RecordTooLarge
-# Daily, Page and Record are imported from here by the backends, with the constants below.
+# The records are imported from here by the backends and services, with the constants below.
 from api.database.interfaces import (
     AgentStore,
     Daily,
+    IdempotencyKeyState,
+    IdempotencyStore,
+    IdempotentAnswer,
     LeaseStore,
     Page,
     ProjectStore,
@@ -168,7 +171,7 @@ def build_token_deltas(build: Record) -> dict[str, float]:
             "build_output_tokens": usage.get("output_tokens", 0)}
 
 
-class Store(ProjectStore, LeaseStore, AgentStore, SessionStore, StatisticsStore):
+class Store(ProjectStore, LeaseStore, AgentStore, SessionStore, StatisticsStore, IdempotencyStore):
     """Persistence for every resource: the domains of `api.database.interfaces` in the one
     object the app holds, with its lifecycle and the timing every call goes through."""
 

@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse, Response
 from api.dependencies import AgentServiceDep, SettingsDep, page_body
 from api.core.envelope import ok
 from api.core.errors import ValidationFailed
-from api.routers.openapi import errors, streams
+from api.routers.openapi import IDEMPOTENT, errors, streams
 from api.routers.streaming import event_stream, wants_stream
 from api.schemas.agent_records import (
     AgentList,
@@ -79,8 +79,9 @@ async def delete_agent(agent_id: AgentId, agents: AgentServiceDep) -> JSONRespon
     return ok({"agent_id": agent_id, "deleted": True})
 
 
-@router.post("/{agent_id}/invoke", response_model=Envelope[InvocationPublic], responses={
-    **errors("RESOURCE_NOT_FOUND", "INVALID_STATE", "AGENT_INVOCATION_FAILED", body=True), **streams(200)})
+@router.post("/{agent_id}/invoke", response_model=Envelope[InvocationPublic], openapi_extra=IDEMPOTENT,
+             responses={**errors("RESOURCE_NOT_FOUND", "INVALID_STATE", "AGENT_INVOCATION_FAILED",
+                                 body=True, idempotent=True), **streams(200)})
 async def invoke_agent(agent_id: AgentId, body: InvokeRequest, agents: AgentServiceDep,
                        request: Request, settings: SettingsDep) -> Response:
     if not wants_stream(request, body.stream):
@@ -99,7 +100,7 @@ async def list_invocations(agent_id: AgentId, agents: AgentServiceDep, limit: Li
 
 
 @router.post("/{agent_id}/sessions", status_code=201, response_model=Envelope[SessionPublic],
-             responses=errors("RESOURCE_NOT_FOUND", body=True))
+             openapi_extra=IDEMPOTENT, responses=errors("RESOURCE_NOT_FOUND", body=True, idempotent=True))
 async def create_session(agent_id: AgentId, body: SessionCreate, agents: AgentServiceDep) -> JSONResponse:
     return ok(await agents.create_session(agent_id=agent_id, body=body), status_code=201)
 

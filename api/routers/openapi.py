@@ -22,6 +22,15 @@ API_ERRORS = ("VALIDATION_ERROR", "DATABASE_ERROR")
 # And every one with a body: too large for the request or for a record (413), a write that
 # kept conflicting (409).
 WRITE_ERRORS = ("PAYLOAD_TOO_LARGE", "RESOURCE_CONFLICT")
+# The POSTs that create take an Idempotency-Key (api.middleware.idempotency).
+IDEMPOTENCY_ERRORS = ("IDEMPOTENCY_KEY_REUSED", "IDEMPOTENCY_KEY_IN_USE")
+IDEMPOTENT = {"parameters": [{
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    "description": "Makes a retry safe: the same key with the same request within 24 h answers "
+                   "the first answer again (header `Idempotent-Replayed: true`) and creates nothing; "
+                   "with another request, 409 IDEMPOTENCY_KEY_REUSED; while the first still runs, "
+                   "409 IDEMPOTENCY_KEY_IN_USE with Retry-After."}]}
 
 
 def operation_id(route: APIRoute) -> str:
@@ -36,11 +45,14 @@ def _example(code: str) -> dict[str, Any]:
                                  "message": f"(a {code} message)", "suggestion": ERROR_CODES[code][1]}}
 
 
-def errors(*codes: str, api: bool = True, body: bool = False) -> dict[int | str, dict[str, Any]]:
+def errors(*codes: str, api: bool = True, body: bool = False,
+           idempotent: bool = False) -> dict[int | str, dict[str, Any]]:
     """The `responses=` of an operation that can answer these codes; `api`: the codes of every
-    /api/v1 operation too, `body`: those of one with a request body."""
+    /api/v1 operation too, `body`: those of one with a request body, `idempotent`: those of
+    one taking an Idempotency-Key (its `openapi_extra=IDEMPOTENT`)."""
     by_status: dict[int, list[str]] = defaultdict(list)
-    every = (*codes, *(API_ERRORS if api else ()), *(WRITE_ERRORS if body else ()), "INTERNAL_ERROR")
+    every = (*codes, *(API_ERRORS if api else ()), *(WRITE_ERRORS if body else ()),
+             *(IDEMPOTENCY_ERRORS if idempotent else ()), "INTERNAL_ERROR")
     for code in dict.fromkeys(every):
         by_status[ERROR_CODES[code][0]].append(code)
     return {status: {

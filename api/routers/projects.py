@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse
 
 from api.dependencies import ProjectServiceDep, page_body
 from api.core.envelope import ok
-from api.routers.openapi import errors
+from api.routers.openapi import IDEMPOTENT, errors
 from api.schemas.common import Identifier, LastKey, Limit
 from api.schemas.envelope import Envelope, ProjectDeleted
 from api.schemas.project_records import (
@@ -25,8 +25,8 @@ router = APIRouter(prefix="/projects", tags=["projects"])
 ProjectId = Annotated[str, Path(max_length=64)]
 
 
-@router.post("", status_code=201, response_model=Envelope[ProjectCreated],
-             responses=errors("SERVICE_UNAVAILABLE", body=True))
+@router.post("", status_code=201, response_model=Envelope[ProjectCreated], openapi_extra=IDEMPOTENT,
+             responses=errors("SERVICE_UNAVAILABLE", body=True, idempotent=True))
 async def create_project(body: ProjectCreate, projects: ProjectServiceDep) -> JSONResponse:
     return ok(await projects.create(body=body), status_code=201)
 

@@ -5,7 +5,7 @@ from fastapi.responses import JSONResponse, Response
 
 from api.dependencies import AgentServiceDep, SettingsDep, page_body
 from api.core.envelope import ok
-from api.routers.openapi import errors, streams
+from api.routers.openapi import IDEMPOTENT, errors, streams
 from api.routers.streaming import event_stream, wants_stream
 from api.schemas.agent_records import MessageList, SessionPublic, TurnPublic
 from api.schemas.agents import MessageCreate
@@ -24,14 +24,17 @@ async def get_session(session_id: SessionId, agents: AgentServiceDep) -> JSONRes
     return ok(await agents.get_session(session_id=session_id))
 
 
-@router.post("/{session_id}/messages", status_code=201, response_model=Envelope[TurnPublic], responses={
-    **errors("RESOURCE_NOT_FOUND", "INVALID_STATE", "AGENT_INVOCATION_FAILED", body=True), **streams(201)})
+@router.post("/{session_id}/messages", status_code=201, response_model=Envelope[TurnPublic],
+             openapi_extra=IDEMPOTENT, responses={**errors(
+                 "RESOURCE_NOT_FOUND", "INVALID_STATE", "AGENT_INVOCATION_FAILED", body=True,
+                 idempotent=True), **streams(201)})
 async def post_message(session_id: SessionId, body: MessageCreate, agents: AgentServiceDep,
                        request: Request, settings: SettingsDep) -> Response:
     if not wants_stream(request, body.stream):
         return ok(await agents.post_message(session_id=session_id, content=body.content), status_code=201)
     turn = await agents.prepare_message(session_id=session_id, content=body.content)
-    return event_stream(agents.run(turn), done=turn_public, debug=settings.debug)
+    # 201 as the JSON answer: the stream's status is sent before its turn is stored.
+    return event_stream(agents.run(turn), done=turn_public, debug=settings.debug, status_code=201)
 
 
 @router.get("/{session_id}/messages", response_model=Envelope[MessageList],

@@ -65,6 +65,14 @@ class DynamoDBLayout(DynamoDBClient):
         return int(marker["version"]["N"]) if marker else None
 
     async def _mark_layout(self) -> None:
+        """Set the table up for this layout: expiry of idempotency keys by their `ttl`
+        attribute, then the marker."""
+        described = await self._call("open", "DescribeTimeToLive", {"TableName": self.table})
+        # Enabling it twice is a ValidationException: instances opening a new table at once
+        # may both get here.
+        if described["TimeToLiveDescription"]["TimeToLiveStatus"] not in ("ENABLED", "ENABLING"):
+            await self._call("open", "UpdateTimeToLive", {"TableName": self.table,
+                             "TimeToLiveSpecification": {"Enabled": True, "AttributeName": "ttl"}})
         await self._call("open", "PutItem", {"TableName": self.table, "Item": {
             **_key(LAYOUT_PK, LAYOUT_SK), "version": _n(LAYOUT_VERSION)}})
 
