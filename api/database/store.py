@@ -59,6 +59,12 @@ def refuse_over_limit(field_bytes: dict[str, int]) -> None:
                                       f"{MAX_RECORD_BYTES} bytes (its largest field: {largest})")
 
 
+def check_answer_size(key: str, answer: IdempotentAnswer) -> None:
+    """Raise RecordTooLarge for an idempotency key's answer that would make a record over
+    MAX_RECORD_BYTES."""
+    refuse_over_limit({"key": len(key.encode()), "body": len(answer.body)})
+
+
 def _value_bytes(value: Any) -> int:
     if isinstance(value, str):
         return len(value.encode())

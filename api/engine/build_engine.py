@@ -242,9 +242,8 @@ class BuildEngine:
         # claims for its own.
         self.instance_id = f"engine_{uuid.uuid4().hex[:12]}"
         self.accepting = False
-        self._runs: dict[str, asyncio.Task[None]] = {}
-        # The tenant of each build in _runs: shutdown hands them back by their keys.
-        self._run_tenants: dict[str, str] = {}
+        # Each build run here, by id: its tenant (shutdown hands it back by its key) and task.
+        self._runs: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         # One build at a time does its bookkeeping (store writes and the work around them on
@@ -266,9 +265,9 @@ class BuildEngine:
 
     def _abandon(self, build_id: str) -> None:
         """Cancel the local run of a build that was stopped, deleted or taken over."""
-        task = self._runs.get(build_id)
-        if task is not None:
-            task.cancel()
+        run = self._runs.get(build_id)
+        if run is not None:
+            run[1].cancel()
 
     # -- control: each a conditional store write, so that two instances acting on one build
     # -- (or an action racing the build's own progress) never both win ----------------------
@@ -356,8 +355,8 @@ class BuildEngine:
         self.accepting = False
         for loop in self._loops:
             loop.cancel()
-        # With their tenants read now: a cancelled run forgets its build as it ends.
-        runs = [(build_id, self._run_tenants[build_id], task) for build_id, task in self._runs.items()]
+        # Read now: a cancelled run forgets its build as it ends.
+        runs = [(build_id, tenant_id, task) for build_id, (tenant_id, task) in self._runs.items()]
         for _, _, task in runs:
             task.cancel()
         await asyncio.gather(*self._loops, *(task for _, _, task in runs), return_exceptions=True)
@@ -396,9 +395,8 @@ class BuildEngine:
                 tenant_id=tenant_id, build_id=build_id, owner=self.instance_id,
                 lease_until=_after(self.lease_seconds), now=utc_now())
             if claimed:
-                self._run_tenants[build_id] = tenant_id
-                self._runs[build_id] = asyncio.create_task(
-                    self._run(tenant_id, build_id), name=f"build-{build_id}")
+                self._runs[build_id] = (tenant_id, asyncio.create_task(
+                    self._run(tenant_id, build_id), name=f"build-{build_id}"))
 
     async def _renew(self) -> None:
         while True:
@@ -437,7 +435,6 @@ class BuildEngine:
             logger.exception("Build lost its store; another start will resume it")
         finally:
             self._runs.pop(build_id, None)
-            self._run_tenants.pop(build_id, None)
             self._wake_up()
 
     async def _execute(self, run: BuildRun) -> None:

@@ -65,6 +65,11 @@ def _whole(content_type: str, body: bytes) -> bool:
     return body.rstrip(b"\n").rsplit(b"\n\n", 1)[-1].startswith(b"event: done")
 
 
+def _too_large(key: str, size: int) -> None:
+    logger.warning("Answer too large to keep for an idempotency key",
+                   extra={"idempotency_key": key, "bytes": size})
+
+
 async def _reply(scope: Scope, receive: Receive, send: Send, answer: IdempotentAnswer) -> None:
     await send({"type": "http.response.start", "status": answer.status, "headers": [
         (b"content-type", answer.content_type.encode()),
@@ -176,19 +181,21 @@ class IdempotencyMiddleware:
         try:
             await self.app(scope, replay_body, keeping_send)
         finally:
-            status = started.get("status", 500)
             answer = None
-            content_type = dict(started.get("headers", ())).get(b"content-type", b"").decode()
-            if complete and 200 <= status < 300 and size <= MAX_RECORD_BYTES:
+            if complete and 200 <= started.get("status", 500) < 300:
+                content_type = dict(started.get("headers", ())).get(b"content-type", b"").decode()
                 whole = b"".join(chunks)
-                answer = IdempotentAnswer(status, content_type, whole) if _whole(content_type, whole) else None
+                if size > MAX_RECORD_BYTES:
+                    _too_large(key, size)
+                elif _whole(content_type, whole):
+                    answer = IdempotentAnswer(started["status"], content_type, whole)
             # Cancelled or not, the key must not stay claimed by a request that is over.
             with anyio.CancelScope(shield=True):
-                await self._settle(store, tenant_id, key, claim_id, answer, size)
+                await self._settle(store, tenant_id, key, claim_id, answer)
 
     @staticmethod
     async def _settle(store: Store, tenant_id: str, key: str, claim_id: str,
-                      answer: IdempotentAnswer | None, size: int) -> None:
+                      answer: IdempotentAnswer | None) -> None:
         """Keep the answer for retries, or free the key so that a retry runs anew."""
         try:
             if answer is not None:
@@ -199,10 +206,7 @@ class IdempotencyMiddleware:
                                        extra={"idempotency_key": key})
                     return
                 except RecordTooLarge:
-                    size = len(answer.body)
-            if size > MAX_RECORD_BYTES - len(key.encode()):
-                logger.warning("Answer too large to keep for an idempotency key",
-                               extra={"idempotency_key": key, "bytes": size})
+                    _too_large(key, len(answer.body))
             await store.release_idempotency_key(tenant_id=tenant_id, key=key, claim_id=claim_id)
         except StoreError as exc:
             # The answer went out; only its replay is lost. A claim left behind goes stale.

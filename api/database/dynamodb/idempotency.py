@@ -9,7 +9,7 @@ from api.database.dynamodb.client import DynamoDBClient, _Refused
 from api.database.dynamodb.codec import Item, _n, _s, _text
 from api.database.dynamodb.expressions import _Expression, _update_expression
 from api.database.dynamodb.keys import _key, _part, _scope
-from api.database.store import IdempotencyKeyState, IdempotentAnswer, refuse_over_limit
+from api.database.store import IdempotencyKeyState, IdempotentAnswer, check_answer_size
 
 IDEMPOTENCY_SK = "#IDEMPOTENCY"
 
@@ -34,7 +34,7 @@ class DynamoDBIdempotency(DynamoDBClient):
         expires_at: str, stale_before: str,
     ) -> IdempotencyKeyState | None:
         item_key = _idempotency_key(tenant_id, key)
-        expires = datetime.fromisoformat(expires_at.replace("Z", "+00:00"))
+        expires = datetime.fromisoformat(expires_at)
         item = {**item_key, "fingerprint": _s(fingerprint), "claim_id": _s(claim_id),
                 "claimed_at": _s(now), "expires_at": _s(expires_at),
                 "ttl": _n(int(expires.timestamp()))}
@@ -55,7 +55,7 @@ class DynamoDBIdempotency(DynamoDBClient):
 
     async def keep_idempotent_answer(self, *, tenant_id: str, key: str, claim_id: str,
                                      answer: IdempotentAnswer) -> bool:
-        refuse_over_limit({"key": len(key.encode()), "body": len(answer.body)})
+        check_answer_size(key, answer)
         expression = _Expression()
         update = _update_expression(expression, set_={
             "answer_status": _n(answer.status), "content_type": _s(answer.content_type),

@@ -4,7 +4,7 @@ transactions, so that two requests with one key never both hold it."""
 import sqlite3
 
 from api.database.sqlite.connection import SQLiteConnection
-from api.database.store import IdempotencyKeyState, IdempotentAnswer, refuse_over_limit
+from api.database.store import IdempotencyKeyState, IdempotentAnswer, check_answer_size
 
 
 class SQLiteIdempotency(SQLiteConnection):
@@ -35,7 +35,7 @@ class SQLiteIdempotency(SQLiteConnection):
 
     async def keep_idempotent_answer(self, *, tenant_id: str, key: str, claim_id: str,
                                      answer: IdempotentAnswer) -> bool:
-        refuse_over_limit({"key": len(key.encode()), "body": len(answer.body)})
+        check_answer_size(key, answer)
         return await self._write("keep_idempotent_answer", lambda conn: conn.execute(
             "UPDATE idempotency_keys SET status = ?, content_type = ?, body = ? "
             "WHERE tenant_id = ? AND key = ? AND claim_id = ? AND status IS NULL",
