@@ -1,7 +1,8 @@
-"""`nexus-ai`: serve the API or prepare its database."""
+"""`nexus-ai`: serve the API, run builds, or prepare the database."""
 
 import argparse
 import asyncio
+import os
 import socket
 import sys
 from typing import Any
@@ -35,6 +36,24 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         **prepare_server(settings),
     }
     run_server("api.main:app", **options)
+
+
+def work(host: str | None, port: int | None) -> None:
+    """A build worker: one process running builds from the shared store, with its probes and
+    /metrics on WORKER_HOST:WORKER_PORT."""
+    settings = get_settings()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Its metrics would be summed with (and its start would empty) the API's files.
+        sys.exit("nexus-ai: a worker is one process and keeps its metrics in memory: "
+                 "unset PROMETHEUS_MULTIPROC_DIR for it")
+    try:
+        create_provider(settings)
+        create_store(settings)
+    except (ProviderUnavailable, BackendUnavailable) as exc:
+        sys.exit(f"nexus-ai: {exc}")
+    uvicorn.run("api.main:create_worker_app", factory=True, host=host or settings.worker_host,
+                port=port or settings.worker_port, timeout_graceful_shutdown=30,
+                **prepare_server(settings))
 
 
 def run_server(app: str, **options: Any) -> None:
@@ -73,6 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser.add_argument("--host", help="default: API_HOST")
     serve_parser.add_argument("--port", type=int, help="default: API_PORT")
     serve_parser.add_argument("--workers", type=int, help="default: WORKERS")
+    worker_parser = commands.add_parser("worker", help="run builds without serving the API "
+                                        "(probes and /metrics on WORKER_HOST:WORKER_PORT)")
+    worker_parser.add_argument("--host", help="default: WORKER_HOST")
+    worker_parser.add_argument("--port", type=int, help="default: WORKER_PORT")
     commands.add_parser("init-db", help="create or migrate the database, then exit")
     commands.add_parser("migrate", help="convert a DynamoDB table written by an earlier "
                         "release (every instance stopped), then exit as init-db does")
@@ -83,6 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"nexus-ai: invalid settings (environment or .env):\n{exc}")
     if args.command == "serve":
         serve(args.host, args.port, args.workers)
+        return
+    if args.command == "worker":
+        work(args.host, args.port)
         return
     try:
         if args.command == "migrate":

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     # Earlier session turns an invocation sends, at most (oldest dropped first).
     agent_history_token_budget: int = Field(default=2000, ge=0)
     max_concurrent_builds: int = Field(default=4, ge=1)
+    # False: this API instance serves without running builds, which `nexus-ai worker` processes
+    # sharing its store run instead (docs/MONITORING.md, "Build workers").
+    run_builds: bool = True
+    # Where `nexus-ai worker` serves its probes and /metrics.
+    worker_host: str = "0.0.0.0"
+    worker_port: int = Field(default=8001, ge=1, le=65535)
     # A build whose owner stops renewing its lease for this long is taken over (crash recovery).
     build_lease_seconds: float = Field(default=10.0, gt=0)
     api_calls_flush_seconds: float = Field(default=5.0, gt=0)

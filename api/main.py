@@ -7,6 +7,7 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     # `python api/main.py` (the operator's guide runs it that way, also under cProfile and
@@ -61,7 +62,10 @@ def _drain_on_sigterm(app: FastAPI, drain_seconds: float) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The API (`create_app`) or a build worker (`create_worker_app`): the same store, model
+    client and engine; the API adds its services, and runs builds unless RUN_BUILDS=false."""
     settings: Settings = app.state.settings
+    serves_api: bool = app.state.serves_api
     try:
         provider = app.state.provider or create_provider(settings)
         store = create_store(settings)
@@ -78,30 +82,35 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     engine = BuildEngine(store=store, worker=worker,
                          max_concurrent_builds=settings.max_concurrent_builds,
                          lease_seconds=settings.build_lease_seconds)
-    api_calls = ApiCallCounter(store=store, flush_seconds=settings.api_calls_flush_seconds)
     app.state.model_probe = ModelProbe(
         list_models=client.list_models, provider=settings.model_provider,
         endpoint=provider.endpoint,
         models={"build": settings.model_for("build"), "invoke": settings.model_for("invoke")})
     app.state.store = store
-    # A model call's deadline bounds how long a request runs (the idempotency keys' claims).
-    app.state.model_deadline_seconds = client.deadline_seconds
     app.state.engine = engine
-    app.state.api_calls = api_calls
-    app.state.project_service = ProjectService(store=store, engine=engine)
-    app.state.agent_service = AgentService(store=store, client=client, settings=settings)
-    app.state.statistics_service = StatisticsService(store=store, api_calls=api_calls)
+    if serves_api:
+        api_calls = ApiCallCounter(store=store, flush_seconds=settings.api_calls_flush_seconds)
+        # A model call's deadline bounds how long a request runs (the idempotency keys' claims).
+        app.state.model_deadline_seconds = client.deadline_seconds
+        app.state.api_calls = api_calls
+        app.state.project_service = ProjectService(store=store, engine=engine)
+        app.state.agent_service = AgentService(store=store, client=client, settings=settings)
+        app.state.statistics_service = StatisticsService(store=store, api_calls=api_calls)
     await instrumentation.start(app)
     app.state.model_probe.start()
-    await engine.start()
-    api_calls.start()
+    runs_builds = settings.run_builds or not serves_api
+    await engine.start(run_builds=runs_builds)
+    if serves_api:
+        api_calls.start()
     _drain_on_sigterm(app, settings.shutdown_drain_seconds)
     if settings.debug and settings.environment == "production":
         logger.warning("DEBUG=true in production: error responses include exception details")
-    logger.info("Nexus-AI Platform API started", extra={
+    role = ("Nexus-AI Platform API" if serves_api else "Nexus-AI build worker")
+    logger.info(f"{role} started", extra={
         "version": __version__, "environment": settings.environment,
         "storage_backend": store.backend_name, "model_provider": provider.name,
-        "build_model": settings.model_for("build"), "agent_model": settings.model_for("invoke")})
+        "build_model": settings.model_for("build"), "agent_model": settings.model_for("invoke"),
+        "runs_builds": runs_builds, "engine_instance": engine.instance_id if runs_builds else None})
     try:
         yield
     finally:
@@ -109,31 +118,40 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             app.state.draining = True
             await engine.shutdown()
             await app.state.model_probe.stop()
-            await app.state.agent_service.drain()
+            if serves_api:
+                await app.state.agent_service.drain()
             await client.close()
-            await api_calls.stop()
+            if serves_api:
+                await api_calls.stop()
             await store.close()
-            logger.info("Nexus-AI Platform API stopped")
+            logger.info(f"{role} stopped")
         finally:
             # uvicorn re-raises SIGTERM after shutdown, so atexit never runs: the log queue
             # must be written out here whatever failed above.
             await instrumentation.stop(app)
 
 
-def create_app(settings: Settings | None = None, *, provider: ModelProvider | None = None) -> FastAPI:
-    """The application. `provider` replaces the configured model provider (tests use it to
-    stand in for a hosted model)."""
+def _new_app(settings: Settings | None, provider: ModelProvider | None, *, serves_api: bool,
+             **options: Any) -> tuple[FastAPI, Settings]:
     settings = settings or get_settings()
     instrumentation.configure_logging(settings)
-    # FastAPI's own /docs and /redoc load their scripts from a CDN: api.routers.docs serves them.
-    app = FastAPI(title="Nexus-AI Platform API", version=__version__, lifespan=lifespan,
-                  debug=False, docs_url=None, redoc_url=None,
-                  generate_unique_id_function=openapi.operation_id)
+    app = FastAPI(version=__version__, lifespan=lifespan, debug=False, docs_url=None,
+                  redoc_url=None, **options)
     app.state.settings = settings
     app.state.provider = provider
+    app.state.serves_api = serves_api
     app.state.draining = False
     register_error_handlers(app)
     instrumentation.include_routes(app)
+    return app, settings
+
+
+def create_app(settings: Settings | None = None, *, provider: ModelProvider | None = None) -> FastAPI:
+    """The application. `provider` replaces the configured model provider (tests use it to
+    stand in for a hosted model)."""
+    # FastAPI's own /docs and /redoc load their scripts from a CDN: api.routers.docs serves them.
+    app, settings = _new_app(settings, provider, serves_api=True, title="Nexus-AI Platform API",
+                             generate_unique_id_function=openapi.operation_id)
     v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(count_api_call),
                                                    Depends(refuse_unknown_query_params)])
     for module in (projects, agents, sessions, statistics):
@@ -144,6 +162,16 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
     # Inside the body limit, which refuses an oversized body before anything reads it.
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodySizeLimitMiddleware)
+    instrumentation.add_tracing(app, settings)
+    return app
+
+
+def create_worker_app(settings: Settings | None = None, *,
+                      provider: ModelProvider | None = None) -> FastAPI:
+    """`nexus-ai worker`: runs builds from the shared store and serves only the probes and
+    /metrics (no API, no OpenAPI document)."""
+    app, settings = _new_app(settings, provider, serves_api=False,
+                             title="Nexus-AI build worker", openapi_url=None)
     instrumentation.add_tracing(app, settings)
     return app
 

@@ -42,7 +42,7 @@ def base_environment() -> dict[str, str]:
 class Server:
     """One server process (with `workers` > 1, uvicorn's supervisor and its workers).
 
-    `variant` is "full" (the operator's `nexus-ai serve`) or an app of bench.apps or
+    `variant` is "full" (the operator's `nexus-ai serve`), "worker" (`nexus-ai worker`) or an app of bench.apps or
     bench.rivals served by `python -m bench.serve`, with its `serve_options` (`--loop`, `--http`).
     """
 
@@ -66,6 +66,8 @@ class Server:
         if variant == "full":
             self.argv = [PYTHON, "-m", "api.cli", "serve", "--host", HOST, "--port", str(self.port),
                          "--workers", str(workers)]
+        elif variant == "worker":
+            self.argv = [PYTHON, "-m", "api.cli", "worker", "--host", HOST, "--port", str(self.port)]
         else:
             self.argv = [PYTHON, "-m", "bench.serve", variant, "--port", str(self.port),
                          "--workers", str(workers), *serve_options]

@@ -28,6 +28,7 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 REPO = Path(__file__).resolve().parent.parent
 API_MAIN = [sys.executable, str(REPO / "api" / "main.py")]
+BUILD_WORKER = [sys.executable, "-m", "api.cli", "worker"]
 T = TypeVar("T")
 
 REQUIREMENT = "Build an agent that triages customer support tickets and answers refund questions"
@@ -203,7 +204,8 @@ class ServerProcess:
         self.port = free_port()
         self.log_dir = workdir / "logs"
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "API_HOST": "127.0.0.1",
-                    "API_PORT": str(self.port), "DATA_DIR": str(workdir / "data"),
+                    "API_PORT": str(self.port), "WORKER_HOST": "127.0.0.1",
+                    "WORKER_PORT": str(self.port), "DATA_DIR": str(workdir / "data"),
                     "LOG_DIR": str(self.log_dir), **env}
         self.process: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"

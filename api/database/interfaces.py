@@ -129,6 +129,12 @@ class LeaseStore(abc.ABC):
         """Extend the lease of every active build this owner holds; returns those builds
         (the owner learns about control actions sent to other instances from them)."""
 
+    @abc.abstractmethod
+    async def list_held_build_ids(self, *, owner: str) -> list[str]:
+        """The ids of the builds `owner` holds now, read without writing anything: how an
+        engine learns, between renewals, that a build it runs was stopped or deleted through
+        another process (a build worker, another instance)."""
+
 
 class AgentStore(abc.ABC):
     """Agents and their invocations."""

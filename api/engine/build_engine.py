@@ -1,4 +1,4 @@
-"""Runs builds as tasks in the API process.
+"""Runs builds as tasks in the API process or in a build worker (`nexus-ai worker`).
 
 The store is the single source of truth for every build, so that control actions, crashes and
 several API instances all go through one mechanism:
@@ -40,6 +40,11 @@ logger = logging.getLogger("api.engine.build_engine")
 MAX_RECOVERIES = 3
 # How often the engine looks for claimable builds when nobody wakes it.
 SCHEDULE_POLL_SECONDS = 1.0
+# How often an engine running builds reads which of them it still holds: a stop or delete sent
+# through another process (the API, when builds run in `nexus-ai worker`s) ends the build's
+# model call within this, where lease renewals (every third of BUILD_LEASE_SECONDS) would take
+# seconds. One indexed read (a Query on DynamoDB), and only while builds run here.
+CONTROL_POLL_SECONDS = 0.5
 
 
 class BuildAbandoned(Exception):
@@ -116,6 +121,7 @@ class BuildRun:
             raise BuildAbandoned("build was stopped, deleted or taken over")
         if build["status"] in ("pausing", "paused"):
             message = f"Build paused before {step['name']}"
+            self.engine.releasing.add(self.build_id)
             if await self.store.update_build(
                     tenant_id=self.tenant_id, build_id=self.build_id, changes={"status": "paused", "owner": None,
                                                      "lease_until": None, "updated_at": utc_now()},
@@ -123,6 +129,7 @@ class BuildRun:
                     logs=[self._line(stage, message)]):
                 logger.info(message, extra={"stage": stage})
                 raise BuildAbandoned("paused")
+            self.engine.releasing.discard(self.build_id)
 
     @staticmethod
     def _line(stage: str, message: str, level: int = logging.INFO) -> Record:
@@ -212,6 +219,7 @@ class BuildRun:
                       artifacts: Sequence[Record] = ()) -> None:
         finished_at = utc_now()
         duration = _seconds_between(self.build["started_at"], finished_at)
+        self.engine.releasing.add(self.build_id)
         await self._save(artifacts, status=status, finished_at=finished_at, duration_seconds=duration,
                          error=error, owner=None, lease_until=None)
         metrics.record_build_finished(status=status, duration_seconds=duration)
@@ -244,6 +252,9 @@ class BuildEngine:
         self.accepting = False
         # Each build run here, by id: its tenant (shutdown hands it back by its key) and task.
         self._runs: dict[str, tuple[str, asyncio.Task[None]]] = {}
+        # Runs writing their own release (finish, pause): the builds no longer read as held,
+        # and that must not cancel the run before it has counted and logged its end.
+        self.releasing: set[str] = set()
         self._wake = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         # One build at a time does its bookkeeping (store writes and the work around them on
@@ -251,10 +262,15 @@ class BuildEngine:
         # stages take no time crowd API requests out of the loop (docs/PERFORMANCE.md, item 6).
         self.turn = asyncio.Lock()
 
-    async def start(self) -> None:
+    async def start(self, *, run_builds: bool = True) -> None:
+        """Accept new builds; with `run_builds` also claim and run them (without it, another
+        process sharing the store runs them: RUN_BUILDS=false beside `nexus-ai worker`)."""
         self.accepting = True
+        if not run_builds:
+            return
         self._loops = [asyncio.create_task(self._schedule(), name="build-scheduler"),
-                       asyncio.create_task(self._renew(), name="build-leases")]
+                       asyncio.create_task(self._renew(), name="build-leases"),
+                       asyncio.create_task(self._watch(), name="build-control-watch")]
 
     def _wake_up(self) -> None:
         """Look for claimable builds now (a build was queued, resumed or handed back)."""
@@ -410,9 +426,25 @@ class BuildEngine:
             except StoreError:
                 logger.exception("Could not renew build leases")
                 continue
-            still_ours = {b["build_id"] for b in owned if b["status"] in HELD_BUILD_STATUSES}
-            for build_id in running - still_ours:
-                self._abandon(build_id)
+            self._abandon_lost(running, {b["build_id"] for b in owned if b["status"] in HELD_BUILD_STATUSES})
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(CONTROL_POLL_SECONDS)
+            if not self._runs:
+                continue
+            running = set(self._runs)
+            try:
+                held = await self.store.list_held_build_ids(owner=self.instance_id)
+            except StoreError:
+                continue  # the renewals log the store's failures; the next poll tries again
+            self._abandon_lost(running, set(held))
+
+    def _abandon_lost(self, running: set[str], held: set[str]) -> None:
+        """Cancel the runs of `running` (read before `held` was) that this engine no longer
+        holds, unless they are releasing the build themselves."""
+        for build_id in running - held - self.releasing:
+            self._abandon(build_id)
 
     async def _run(self, tenant_id: str, build_id: str) -> None:
         try:
@@ -435,6 +467,7 @@ class BuildEngine:
             logger.exception("Build lost its store; another start will resume it")
         finally:
             self._runs.pop(build_id, None)
+            self.releasing.discard(build_id)
             self._wake_up()
 
     async def _execute(self, run: BuildRun) -> None:

@@ -35,7 +35,8 @@ ITEMS: dict[int, Item] = {
             scale.pagination),
     6: Item("Build engine",
             "500 builds, offline provider, no stage delay: builds/s, and API p99 while they run vs "
-            "idle; target ≤ 2", builds.engine),
+            "idle, with builds in the API process (target ≤ 2) and in a build worker (target ≤ 1.2)",
+            builds.engine),
     7: Item("Memory under steady load",
             "10 minutes of the locust scenario: RSS after warm-up vs at the end; target growth ≤ 5 %",
             memory.steady_load),

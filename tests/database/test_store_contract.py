@@ -586,6 +586,36 @@ async def test_renew_leases_extends_only_the_owners_active_builds(store: Store) 
     assert [b["build_id"] for b in renewed] == [paused["build_id"]]
 
 
+async def test_held_build_ids_follow_claims_stops_releases_and_deletes_without_writing(
+        store: Store) -> None:
+    """What an engine's control watch reads between renewals."""
+    pairs = [await add_project(store, created_at=ts(n)) for n in range(4)]
+    (_, stopped), (_, released), (deleted_project, deleted), (_, foreign) = pairs
+    for build, owner in ((stopped, "engine_a"), (released, "engine_a"), (deleted, "engine_a"),
+                         (foreign, "engine_b")):
+        assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner=owner,
+                                       lease_until=ts(30), now=ts(10))
+    assert sorted(await store.list_held_build_ids(owner="engine_a")) == sorted(
+        b["build_id"] for b in (stopped, released, deleted))
+    # Paused but not yet handed back: still held.
+    assert await store.update_build(tenant_id=TENANT, build_id=released["build_id"],
+                                    changes={"status": "paused", "updated_at": ts(11)},
+                                    expect_status=("running",))
+    assert released["build_id"] in await store.list_held_build_ids(owner="engine_a")
+
+    assert await store.update_build(tenant_id=TENANT, build_id=stopped["build_id"],
+                                    changes=finished("cancelled", at=ts(12)),
+                                    expect_status=ACTIVE_BUILD_STATUSES)
+    assert await store.update_build(tenant_id=TENANT, build_id=released["build_id"],
+                                    changes={"owner": None, "lease_until": None},
+                                    expect_status=("paused",), expect_owner="engine_a")
+    assert await store.delete_project(tenant_id=TENANT, project_id=deleted_project["project_id"])
+    assert await store.list_held_build_ids(owner="engine_a") == []
+    assert await store.list_held_build_ids(owner="engine_b") == [foreign["build_id"]]
+    # A read: the lease it found is as the claim wrote it.
+    assert (await store.get_build(tenant_id=TENANT, build_id=foreign["build_id"]))["lease_until"] == ts(30)
+
+
 async def test_update_build_applies_changes_only_when_status_and_owner_match(store: Store) -> None:
     project, build = await add_project(store)
     build_id = build["build_id"]

@@ -82,6 +82,15 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
                                              for pk in new))
             renewed.update(zip(new, results, strict=True))
 
+    async def list_held_build_ids(self, *, owner: str) -> list[str]:
+        """One consistent Query of the owner's lease rows: the transactions that change a
+        build's owner (a stop, a pause settled, a delete, a finish) keep them exact."""
+        if not _keyable(owner):
+            return []
+        rows = await self._query_all("list_held_build_ids", partition=f"LEASE#{owner}",
+                                     projection=("sk",))
+        return [row["sk"]["S"].rsplit("BUILD#", 1)[1] for row in rows]
+
     async def _renew_lease(self, owner: str, pk: str, lease_until: str) -> Record | None:
         """The build (tenant, id and status) when the owner still holds it."""
         expression = _Expression()

@@ -4,7 +4,8 @@ import sqlite3
 
 from api.database.sqlite.connection import SQLiteConnection, to_record, to_records
 from api.database.sqlite.projects import mirror_on_project
-from api.database.store import ACTIVE_BUILD_STATUSES, CLAIMABLE_UNOWNED_STATUSES, Record
+from api.database.store import (
+    ACTIVE_BUILD_STATUSES, CLAIMABLE_UNOWNED_STATUSES, HELD_BUILD_STATUSES, Record)
 
 
 def _claimable_condition() -> str:
@@ -47,3 +48,8 @@ class SQLiteLeases(SQLiteConnection):
                 "SELECT tenant_id, build_id, status FROM builds WHERE owner = ?", (owner,)).fetchall())
 
         return await self._write("renew_leases", work)
+
+    async def list_held_build_ids(self, *, owner: str) -> list[str]:
+        return await self._read("list_held_build_ids", lambda conn: [row[0] for row in conn.execute(
+            f"SELECT build_id FROM builds WHERE owner = ? AND status IN {HELD_BUILD_STATUSES}",
+            (owner,)).fetchall()])
