@@ -67,9 +67,13 @@ def errors(*codes: str, api: bool = True, body: bool = False,
 def streams(status: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` entry of an operation that answers Server-Sent Events when asked."""
     return {status: {"content": {"text/event-stream": {"schema": {
-        "type": "string", "description": "With `stream: true` or `Accept: text/event-stream`: "
-        "`delta` events with the text as it comes, then `done` with the JSON answer's `data`, "
-        "or `error` with the error envelope (api/routers/streaming.py)"}}}}}
+        "type": "object", "required": ["event", "data"],
+        "description": "One event of the stream, with `stream: true` or `Accept: "
+        "text/event-stream`: `delta` events with the text as it comes (`{\"text\": ...}`), then "
+        "`done` with the JSON answer's `data`, or `error` with the error envelope "
+        "(api/routers/streaming.py); a comment every 10 s of silence",
+        "properties": {"event": {"type": "string", "enum": ["delta", "done", "error"]},
+                       "data": {"type": "string", "contentMediaType": "application/json"}}}}}}}
 
 
 def _put_back_examples(schema: dict[str, Any]) -> None:

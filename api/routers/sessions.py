@@ -33,7 +33,7 @@ async def post_message(session_id: SessionId, body: MessageCreate, agents: Agent
     if not wants_stream(request, body.stream):
         return ok(await agents.post_message(session_id=session_id, content=body.content), status_code=201)
     turn = await agents.prepare_message(session_id=session_id, content=body.content)
-    return event_stream(agents.run(turn), done=turn_public, debug=settings.debug)
+    return event_stream(agents.run(turn), done=turn_public, debug=settings.debug, status_code=201)
 
 
 @router.get("/{session_id}/messages", response_model=Envelope[MessageList],

@@ -1,8 +1,10 @@
+import re
 from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
+from pydantic import BeforeValidator
 
 from api.dependencies import StatisticsServiceDep
 from api.core.envelope import ok
@@ -13,8 +15,17 @@ from api.services.statistics_service import TrendMetric
 
 router = APIRouter(prefix="/statistics", tags=["statistics"])
 
-StartDate = Annotated[date | None, Query(description="ISO date; default 6 days before end_date")]
-EndDate = Annotated[date | None, Query(description="ISO date; default today (UTC)")]
+def _iso_date(value: object) -> object:
+    # pydantic reads a number as a Unix time (`end_date=0` is 1970-01-01): only YYYY-MM-DD is
+    # a date here, as the schema's `format: date` says.
+    if isinstance(value, str) and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError("must be an ISO date, YYYY-MM-DD")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_date)]
+StartDate = Annotated[IsoDate | None, Query(description="ISO date; default 6 days before end_date")]
+EndDate = Annotated[IsoDate | None, Query(description="ISO date; default today (UTC)")]
 
 
 @router.get("/overview", response_model=Envelope[Overview], responses=errors())

@@ -35,7 +35,8 @@ def _frame(event: str, data: Any) -> str:
 
 
 def event_stream(events: AsyncIterator[TextDelta | Heartbeat | Turn],
-                 done: Callable[[Turn], Any], *, debug: bool) -> StreamingResponse:
+                 done: Callable[[Turn], Any], *, debug: bool, status_code: int = 200) -> StreamingResponse:
+    """The answer as events, with the status its JSON form has (201 for a session turn)."""
     async def frames() -> AsyncIterator[str]:
         try:
             async for event in events:
@@ -54,4 +55,5 @@ def event_stream(events: AsyncIterator[TextDelta | Heartbeat | Turn],
             logger.exception("Unhandled error in an event stream")
             yield _frame("error", internal_error_body(exc, debug=debug))
 
-    return StreamingResponse(frames(), media_type="text/event-stream", headers=HEADERS)
+    return StreamingResponse(frames(), status_code=status_code, media_type="text/event-stream",
+                             headers=HEADERS)

@@ -69,7 +69,9 @@ class StatisticsService(TenantScoped):
 
     async def _days(self, start_date: date | None, end_date: date | None) -> list[Daily]:
         end = end_date or date.fromisoformat(today())
-        start = start_date or end - timedelta(days=DEFAULT_DAYS - 1)
+        # By ordinal: a default range that would begin before year 1 begins there (end - 6 days
+        # overflows for end_date=0001-01-01).
+        start = start_date or date.fromordinal(max(1, end.toordinal() - (DEFAULT_DAYS - 1)))
         if start > end:
             raise ValidationFailed("start_date", "must not be after end_date")
         if (end - start).days >= MAX_DAYS:

@@ -118,7 +118,7 @@ async def test_a_streamed_answer_is_replayed_whole_and_only_as_a_stream(api: Api
     session = await api.call("POST", f"/api/v1/agents/{agent['agent_id']}/sessions", expect=201, json={})
     path = f"/api/v1/sessions/{session['session_id']}/messages"
     first = await post(api, path, {"content": "What can you do?"}, Accept="text/event-stream")
-    assert first.status_code == 200 and first.headers["content-type"].startswith("text/event-stream")
+    assert first.status_code == 201 and first.headers["content-type"].startswith("text/event-stream")
     events = sse_events(first.text)
     assert events[-1][0] == "done"
 

@@ -2,13 +2,14 @@
 model and each error status with the error envelope and its codes, ids are `{tag}-{name}`, and
 what the service really answers, success and error, matches what its operation documents."""
 
+import json
 import re
 from typing import Any
 
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.conftest import Api
+from tests.conftest import Api, sse_events
 
 OPERATION_ID = re.compile(r"^(projects|agents|sessions|statistics|health)-[a-z_]+$")
 
@@ -151,10 +152,22 @@ async def test_every_answer_is_what_its_operation_documents(schema: dict[str, An
 
 
 async def test_a_streamed_answer_is_served_as_documented(app: Any, api: Api) -> None:
+    """The status and content type as documented (the JSON form's status), and every event
+    valid against the documented event schema."""
     agent = await api.built_agent()
-    response = await api.client.post(f"/api/v1/agents/{agent['agent_id']}/invoke",
-                                     json={"input_text": "hi", "stream": True})
-    documented = app.openapi()["paths"]["/api/v1/agents/{agent_id}/invoke"]["post"]["responses"]
-    assert response.status_code == 200
-    assert response.headers["content-type"].split(";")[0] in documented["200"]["content"]
-
+    session = await api.call("POST", f"/api/v1/agents/{agent['agent_id']}/sessions", expect=201, json={})
+    paths = app.openapi()["paths"]
+    for path, template, body, status in (
+            (f"/api/v1/agents/{agent['agent_id']}/invoke", "/api/v1/agents/{agent_id}/invoke",
+             {"input_text": "hi", "stream": True}, 200),
+            (f"/api/v1/sessions/{session['session_id']}/messages", "/api/v1/sessions/{session_id}/messages",
+             {"content": "hi", "stream": True}, 201)):
+        response = await api.client.post(path, json=body)
+        documented = paths[template]["post"]["responses"][str(status)]["content"]
+        assert response.status_code == status, path
+        media_type = response.headers["content-type"].split(";")[0]
+        schema = documented[media_type]["schema"]
+        events = sse_events(response.text)
+        assert [name for name, _ in events][-1] == "done"
+        for name, data in events:
+            Draft202012Validator(schema).validate({"event": name, "data": json.dumps(data)})

@@ -273,3 +273,12 @@ async def test_a_project_deleted_mid_build_counts_its_build_cancelled(
                              params={"start_date": utc_today(), "end_date": utc_today()})
     assert (today["total_builds"], today["failed_builds"], today["builds_by_stage"]) == (1, 0, {})
     assert (await api.call("GET", "/api/v1/agents"))["count"] == 0
+
+
+@pytest.mark.parametrize("path", ["/api/v1/statistics/builds", "/api/v1/statistics/invocations"])
+async def test_the_default_range_stops_at_the_first_date(api: Api, path: str) -> None:
+    """end_date=0001-01-01: six days before it do not exist; the range is that one day."""
+    days = await api.call("GET", path, params={"end_date": "0001-01-03"})
+    assert [day["date"] for day in days] == ["0001-01-01", "0001-01-02", "0001-01-03"]
+    trend = await api.call("GET", "/api/v1/statistics/trends", params={"metric": "builds", "end_date": "0001-01-01"})
+    assert trend["data_points"] == [{"date": "0001-01-01", "value": 0}]

@@ -133,6 +133,13 @@ BODY_CASES = [
     case("POST", SESSIONS, "metadata", json={"metadata": [1, 2]}, id="session-metadata-list"),
     case("POST", SESSIONS, "metadata", json={"metadata": {f"k{n}": n for n in range(51)}},
          id="session-metadata-51-keys"),
+    # Stored, they would fail every answer showing them (orjson renders 64-bit integers, 254 levels).
+    case("POST", SESSIONS, "metadata", json={"metadata": {"n": [{"big": 2**64}]}},
+         id="session-metadata-integer-over-64-bits"),
+    case("POST", SESSIONS, "metadata", json={"metadata": {"n": -(2**63) - 1}},
+         id="session-metadata-integer-under-64-bits"),
+    case("POST", SESSIONS, "metadata", json={"metadata": {"deep": [[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]}},
+         id="session-metadata-17-levels"),
     case("POST", SESSIONS, "display_name", json={"display_name": "d" * 201},
          id="session-display_name-201"),
     case("POST", MESSAGES, "role", json={"content": "hello", "role": "assistant"},
@@ -173,6 +180,11 @@ QUERY_CASES = [
            id=f"statistics-{name}-start_date-malformed") for name, (path, extra) in STATISTICS.items()),
     *(case("GET", path, "end_date", params={**extra, "end_date": "yesterday"},
            id=f"statistics-{name}-end_date-malformed") for name, (path, extra) in STATISTICS.items()),
+    # pydantic alone reads a number as a Unix time: 0 would be 1970-01-01.
+    *(case("GET", path, "end_date", params={**extra, "end_date": "0"},
+           id=f"statistics-{name}-end_date-number") for name, (path, extra) in STATISTICS.items()),
+    *(case("GET", path, "start_date", params={**extra, "start_date": "1733011200"},
+           id=f"statistics-{name}-start_date-unix-time") for name, (path, extra) in STATISTICS.items()),
     *(case("GET", path, "start_date", params={**extra, "start_date": "2024-03-02", "end_date": "2024-03-01"},
            id=f"statistics-{name}-start-after-end") for name, (path, extra) in STATISTICS.items()),
     *(case("GET", path, "start_date", params={**extra, "start_date": "2024-01-01", "end_date": "2025-01-01"},
@@ -498,3 +510,11 @@ async def test_invoking_an_offline_agent_is_invalid_state_and_records_nothing(
     assert await snapshot(api, world) == before
     stats = (await api.call("GET", f"/api/v1/agents/{agent_id}"))["runtime_stats"]
     assert stats["total_invocations"] == 0
+
+
+async def test_session_metadata_at_the_limits_is_kept_and_answered(api: Api, world: dict[str, str]) -> None:
+    metadata = {"max": 2**63 - 1, "min": -(2**63), "deep": [[[[[[[[[[[[[[[["sixteen"]]]]]]]]]]]]]]]]}
+    created = await api.call("POST", SESSIONS.format(**world), expect=201, json={"metadata": metadata})
+    assert created["metadata"] == metadata
+    listed = await api.call("GET", SESSIONS.format(**world))
+    assert metadata in [item["metadata"] for item in listed["items"]]
