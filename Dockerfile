@@ -1,5 +1,6 @@
-# The Nexus-AI Platform API as a container image: `nexus-ai serve` on port 8000, as a non-root
-# user, settings from the environment (see the README's Configuration table).
+# The Nexus-AI Platform API as a container image: `nexus-ai serve` on port 8000 (or a build
+# worker, `nexus-ai worker`, on 8001), as a non-root user, settings from the environment (see
+# the README's Configuration table).
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -30,12 +31,21 @@ ENV ENVIRONMENT=production \
 
 USER 10001:10001
 VOLUME ["/app/data"]
+# 8000: the API (`nexus-ai serve`, the default command). 8001 (WORKER_PORT): the probes and
+# /metrics of a build worker, which the same image runs in place of the API:
+#   docker run IMAGE nexus-ai worker
+# (the API containers then need RUN_BUILDS=false, and a store the worker shares: DynamoDB, or
+# SQLite in the same volume on the same host). Leave PROMETHEUS_MULTIPROC_DIR unset for a
+# worker: it is one process and refuses to start with it.
 EXPOSE 8000
+EXPOSE 8001
 
 # No curl in the slim image: Python asks /health/live, which does no I/O. urlopen raises on
-# any status other than 2xx and on timeouts, which exits non-zero.
+# any status other than 2xx and on timeouts, which exits non-zero. A container whose command
+# (process 1's, or that of the init process it runs under) is `nexus-ai worker` is asked on
+# WORKER_PORT instead of API_PORT.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('API_PORT', '8000') + '/health/live', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; worker = b'worker' in open('/proc/1/cmdline', 'rb').read().split(b'\\0'); port = os.environ.get('WORKER_PORT', '8001') if worker else os.environ.get('API_PORT', '8000'); urllib.request.urlopen('http://127.0.0.1:' + port + '/health/live', timeout=4)"]
 
 # SIGTERM (the default stop signal) starts a graceful shutdown of up to 30 s: give the
 # container a stop timeout above that (Docker's default is 10 s).

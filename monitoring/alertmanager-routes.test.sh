@@ -27,13 +27,17 @@ expect() {
 expect sms,pagerduty,slack-alerts,ops-email alertname=InstanceDown severity=critical urgent=true job=nexus-ai-api instance=api-1:8000
 expect sms,pagerduty,slack-alerts,ops-email alertname=DatabaseConnectionFailure severity=critical urgent=true job=nexus-ai-api instance=api-1:8000 backend=sqlite
 expect sms,pagerduty,slack-alerts,ops-email alertname=ErrorBudgetBurn severity=critical urgent=true burn=fast job=nexus-ai-api
-# Other critical alerts: PagerDuty, Slack and email, no SMS.
+# Other critical alerts: PagerDuty, Slack and email, no SMS (no build worker up: the API serves).
 expect pagerduty,slack-alerts,ops-email alertname=HighErrorRate severity=critical job=nexus-ai-api instance=api-1:8000
 expect pagerduty,slack-alerts,ops-email alertname=HighMemoryUsage severity=critical job=nexus-ai-api instance=api-1:8000
+expect pagerduty,slack-alerts,ops-email alertname=BuildWorkerDown severity=critical job=nexus-ai-worker instance=worker-1:8001
 # Warnings: Slack and email; `urgent` does not make a warning page anyone.
 expect slack-alerts,ops-email alertname=HighMemoryUsage severity=warning job=nexus-ai-api instance=api-1:8000
 expect slack-alerts,ops-email alertname=ErrorBudgetBurn severity=warning burn=slow job=nexus-ai-api
 expect slack-alerts,ops-email alertname=BuildsStuck severity=warning urgent=true job=nexus-ai-api instance=api-1:8000
+expect slack-alerts,ops-email alertname=BuildWorkerDown severity=warning job=nexus-ai-worker instance=worker-1:8001
+# The build workers' database is as urgent as the API's.
+expect sms,pagerduty,slack-alerts,ops-email alertname=DatabaseConnectionFailure severity=critical urgent=true job=nexus-ai-worker instance=worker-1:8001 backend=dynamodb
 # Anything else falls back to email.
 expect ops-email alertname=Watchdog severity=none
 expect ops-email alertname=SomethingWithoutSeverity

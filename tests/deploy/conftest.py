@@ -1,6 +1,7 @@
 """`scripts/deploy.sh` run as an operator runs it, with every path pointed into tmp_path."""
 
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,20 +13,51 @@ from tests.conftest import REPO, free_port
 DEPLOY = REPO / "scripts" / "deploy.sh"
 
 
+def free_consecutive_ports(count: int) -> int:
+    """The first of `count` consecutive free loopback ports (BUILD_WORKERS' WORKER_PORT, +1, ...)."""
+    for _ in range(100):
+        first = free_port()
+        sockets = []
+        try:
+            for port in range(first, first + count):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
 class Deployment:
+    # Enough consecutive ports for the tests' BUILD_WORKERS.
+    MAX_BUILD_WORKERS = 2
+
     def __init__(self, tmp_path: Path, environment: str) -> None:
         self.root = tmp_path
         self.port = free_port()
+        self.worker_port = free_consecutive_ports(self.MAX_BUILD_WORKERS)
         self.logs = tmp_path / "logs"
         self.pid_file = tmp_path / "api.pid"
+        self.worker_pid_file = tmp_path / "worker.pid"
         self.multiproc = tmp_path / "prometheus-multiproc"
         self.env = {
             **os.environ, "ENVIRONMENT": environment, "API_PORT": str(self.port),
             "DATA_DIR": str(tmp_path / "data"), "LOG_DIR": str(self.logs),
             "PID_FILE": str(self.pid_file), "ENV_FILE": str(tmp_path / ".env"),
             "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc), "WORKERS": "2",
+            # Build workers (BUILD_WORKERS, off unless a test sets it) listen on loopback only.
+            "WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(self.worker_port),
+            "WORKER_PID_FILE": str(self.worker_pid_file), "BUILD_WORKERS": "0",
         }
         self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def worker_url(self, number: int) -> str:
+        """Build worker `number` (1, 2, ...) of BUILD_WORKERS."""
+        return f"http://127.0.0.1:{self.worker_port + number - 1}"
 
     def run(self, *args: str, timeout: float = 90, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(DEPLOY), *args], env={**self.env, **env}, capture_output=True,
@@ -33,6 +65,9 @@ class Deployment:
 
     def pid(self) -> int:
         return int(self.pid_file.read_text())
+
+    def worker_pids(self) -> list[int]:
+        return [int(line) for line in self.worker_pid_file.read_text().split()]
 
 
 @pytest.fixture(params=["development", "production"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, REQUIREMENT, wait_until
 from tests.deploy.conftest import DEPLOY, Deployment
 from tests.tooling import tool
 
@@ -68,3 +68,41 @@ def test_forced_rotation_under_steady_requests_loses_no_line(deployment: Deploym
     assert deployment.run("status").returncode == 0
 
 
+
+
+def test_rotation_with_a_build_worker_reopens_its_file_too(deployment: Deployment) -> None:
+    """The policy's postrotate (deploy.sh reopen-logs) reaches the build workers: the lines of a
+    build run after the rotation, which only the worker writes, are in the new file."""
+    logrotate = tool("logrotate", "apt-get install logrotate")
+    split = {"BUILD_WORKERS": "1", "OFFLINE_STAGE_DELAY_SECONDS": "0"}
+    assert deployment.run("start", **split).returncode == 0
+    [worker] = deployment.worker_pids()
+    policy = (REPO / "deploy" / "logrotate" / "nexus-ai").read_text()
+    config = deployment.root / "logrotate.conf"
+    config.write_text(policy.replace("/opt/nexus-ai/logs", str(deployment.logs))
+                      .replace("/opt/nexus-ai/scripts/deploy.sh", str(DEPLOY)))
+    name = "error.log" if deployment.env["ENVIRONMENT"] == "production" else "api.log"
+
+    rotated = subprocess.run([logrotate, "--force", "--state", str(deployment.root / "state"), str(config)],
+                             env=deployment.env, capture_output=True, text=True, timeout=60)
+    assert rotated.returncode == 0, rotated.stderr
+    current, previous = deployment.logs / name, deployment.logs / f"{name}.1"
+
+    def messages(path: Path, project_id: str | None = None) -> list[str]:
+        lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+        return [line["message"] for line in lines if project_id in (None, line.get("project_id"))]
+
+    assert "Nexus-AI build worker started" in messages(previous)
+    with httpx.Client(base_url=deployment.base_url, timeout=10) as client:
+        created = client.post("/api/v1/projects", json={"requirement": REQUIREMENT})
+        assert created.status_code == 201
+        project_id = created.json()["data"]["project_id"]
+        wait_until(lambda: client.get(f"/api/v1/projects/{project_id}").json()["data"]["status"] == "completed",
+                   what="the build to complete")
+    # Lines are written by a background thread: wait for the worker's last one.
+    wait_until(lambda: "Build succeeded" in messages(current, project_id), what="the build's lines")
+    assert "Build started" in messages(current, project_id)
+    assert messages(previous, project_id) == []
+    status = deployment.run("status", **split)
+    assert status.returncode == 0, status.stdout
+    assert f"build worker 1: pid {worker}," in status.stdout

@@ -10,9 +10,12 @@ A missing tool skips its tests on a developer's machine and fails them in CI (te
 
 import importlib
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections import defaultdict
@@ -20,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from api.database.store import FINAL_BUILD_STATUSES
@@ -30,15 +34,19 @@ ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "monitoring"
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 SYSTEMD_UNIT = ROOT / "deploy" / "systemd" / "nexus-ai.service"
+SYSTEMD_WORKER_UNIT = ROOT / "deploy" / "systemd" / "nexus-ai-worker.service"
 
 GUIDE_PANELS = ("Request rate", "Response time (p50, p95, p99)", "Error rate", "Active builds",
                 "Agent invocations")
 EXTRA_PANELS = ("Build success rate", "Build duration", "Database latency", "Slow queries", "Memory",
-                "CPU", "Instance up")
+                "CPU", "Instance up", "Workers up", "Active builds by instance")
 GUIDE_ALERTS = {"HighErrorRate": "critical", "HighMemoryUsage": "warning",
                 "DatabaseConnectionFailure": "critical", "HighBuildFailureRate": "warning"}
 EXTRA_ALERTS = ("InstanceDown", "HighRequestLatency", "ErrorBudgetBurn", "BuildsStuck",
-                "HighAgentInvocationFailureRate", "LogLinesDropped")
+                "HighAgentInvocationFailureRate", "LogLinesDropped", "BuildWorkerDown")
+# The scrape jobs: the API, and the build workers (`nexus-ai worker`).
+API_JOB, WORKER_JOB = "nexus-ai-api", "nexus-ai-worker"
+JOB_MATCHERS = (f'job="{API_JOB}"', f'job="{WORKER_JOB}"', f'job=~"{API_JOB}|{WORKER_JOB}"')
 
 
 # -- tools -------------------------------------------------------------------------------------
@@ -107,6 +115,15 @@ def test_prometheus_config_scrapes_the_api_and_feeds_alertmanager() -> None:
     assert alertmanager["static_configs"] == [{"targets": ["localhost:9093"]}]
 
 
+def test_prometheus_config_scrapes_the_build_workers_as_a_job_of_their_own() -> None:
+    config = load_yaml(MONITORING / "prometheus.yml")
+    assert [job["job_name"] for job in config["scrape_configs"]] == [API_JOB, WORKER_JOB]
+    [job] = [job for job in config["scrape_configs"] if job["job_name"] == WORKER_JOB]
+    assert job["scrape_interval"] == "15s" and job["metrics_path"] == "/metrics"
+    # WORKER_PORT's default.
+    assert job["static_configs"] == [{"targets": ["localhost:8001"]}]
+
+
 def test_alert_rules_are_valid() -> None:
     assert_ok(run(promtool(), "check", "rules", "monitoring/alert-rules.yml"))
 
@@ -126,11 +143,38 @@ def test_the_guide_alerts_and_the_sre_additions_exist() -> None:
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
         assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
-        assert 'job="nexus-ai-api"' in rule["expr"], rule["alert"]
+        # Every selector names one of the service's jobs (or both).
+        selectors = re.findall(r"\{([^}]*)\}", rule["expr"])
+        assert selectors, rule["alert"]
+        for selector in selectors:
+            assert any(matcher in selector for matcher in JOB_MATCHERS), (rule["alert"], selector)
     # The guide's weak expressions are gone.
     by_name = {rule["alert"]: rule["expr"] for rule in rules}
     assert "/" in by_name["HighErrorRate"]
     assert "database_up" in by_name["DatabaseConnectionFailure"]
+
+
+def test_the_build_workers_have_their_down_alert_and_their_builds_are_watched() -> None:
+    rules = alert_rules()
+    down = {rule["labels"]["severity"]: rule for rule in rules if rule["alert"] == "BuildWorkerDown"}
+    assert set(down) == {"warning", "critical"}
+    for rule in down.values():
+        assert rule["expr"].startswith(f'up{{job="{WORKER_JOB}"}} == 0'), rule["expr"]
+        assert rule["for"] == "2m"
+        # The API still serves without workers: no SMS.
+        assert "urgent" not in rule["labels"]
+    assert "unless on (job)" in down["critical"]["expr"]
+    # What a worker does (builds, model calls, its store, memory, logs) is watched on its job too.
+    both = f'job=~"{API_JOB}|{WORKER_JOB}"'
+    for name in ("BuildsStuck", "HighBuildFailureRate", "DatabaseConnectionFailure", "HighMemoryUsage",
+                 "ModelErrorRateHigh", "ModelLatencyHigh", "LogLinesDropped"):
+        for rule in (rule for rule in rules if rule["alert"] == name):
+            assert both in rule["expr"] and f'job="{API_JOB}"' not in rule["expr"], name
+    # What only the API does stays on its job.
+    for name in ("InstanceDown", "HighErrorRate", "HighRequestLatency", "ErrorBudgetBurn",
+                 "HighAgentInvocationFailureRate"):
+        for rule in (rule for rule in rules if rule["alert"] == name):
+            assert WORKER_JOB not in rule["expr"], name
 
 
 def test_every_alert_has_a_case_where_it_fires_and_one_where_it_must_not() -> None:
@@ -234,25 +278,33 @@ def test_a_critical_alert_inhibits_the_warning_of_the_same_name_and_instance(tmp
                 assert time.monotonic() < deadline, "Alertmanager did not become ready"
                 time.sleep(0.1)
 
-        def alert(name: str, severity: str, instance: str) -> dict[str, Any]:
-            return {"labels": {"alertname": name, "severity": severity, "job": "nexus-ai-api",
+        def alert(name: str, severity: str, instance: str, job: str = API_JOB) -> dict[str, Any]:
+            return {"labels": {"alertname": name, "severity": severity, "job": job,
                                "instance": instance}}
 
         posted = [alert("HighMemoryUsage", "critical", "api-1:8000"),
                   alert("HighMemoryUsage", "warning", "api-1:8000"),
                   alert("HighMemoryUsage", "warning", "api-2:8000"),
-                  alert("BuildsStuck", "warning", "api-1:8000")]
+                  alert("BuildsStuck", "warning", "api-1:8000"),
+                  # No worker up: the critical tier silences each worker's warning.
+                  alert("BuildWorkerDown", "critical", "worker-1:8001", WORKER_JOB),
+                  alert("BuildWorkerDown", "warning", "worker-1:8001", WORKER_JOB),
+                  # The same instance name in another job is another target.
+                  alert("BuildWorkerDown", "warning", "worker-1:8001", "nexus-ai-worker-canary")]
         request = urllib.request.Request(f"{base}/alerts", data=json.dumps(posted).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
         assert urllib.request.urlopen(request, timeout=5).status == 200
         alerts = json.load(urllib.request.urlopen(f"{base}/alerts", timeout=5))
-        state = {(a["labels"]["alertname"], a["labels"]["severity"], a["labels"]["instance"]):
-                 a["status"]["state"] for a in alerts}
+        state = {(a["labels"]["alertname"], a["labels"]["severity"], a["labels"]["job"],
+                  a["labels"]["instance"]): a["status"]["state"] for a in alerts}
         assert state == {
-            ("HighMemoryUsage", "critical", "api-1:8000"): "active",
-            ("HighMemoryUsage", "warning", "api-1:8000"): "suppressed",
-            ("HighMemoryUsage", "warning", "api-2:8000"): "active",
-            ("BuildsStuck", "warning", "api-1:8000"): "active",
+            ("HighMemoryUsage", "critical", API_JOB, "api-1:8000"): "active",
+            ("HighMemoryUsage", "warning", API_JOB, "api-1:8000"): "suppressed",
+            ("HighMemoryUsage", "warning", API_JOB, "api-2:8000"): "active",
+            ("BuildsStuck", "warning", API_JOB, "api-1:8000"): "active",
+            ("BuildWorkerDown", "critical", WORKER_JOB, "worker-1:8001"): "active",
+            ("BuildWorkerDown", "warning", WORKER_JOB, "worker-1:8001"): "suppressed",
+            ("BuildWorkerDown", "warning", "nexus-ai-worker-canary", "worker-1:8001"): "active",
         }
     finally:
         process.terminate()
@@ -309,6 +361,11 @@ def test_dashboard_variables() -> None:
     variables = {variable["name"]: variable for variable in dashboard()["templating"]["list"]}
     assert variables["job"]["type"] == "query"
     assert variables["job"]["definition"].startswith("label_values(")
+    # Both jobs by default (the API's and the build workers'), so the build panels see the
+    # workers; no allValue: "All" means the listed jobs, not every job Prometheus scrapes.
+    assert variables["job"]["definition"] == "label_values(nexus_api_info, job)"
+    assert variables["job"]["includeAll"] and variables["job"]["multi"]
+    assert variables["job"]["current"]["value"] == ["$__all"] and "allValue" not in variables["job"]
     assert variables["instance"]["type"] == "query"
     assert variables["instance"]["definition"] == 'label_values(up{job=~"$job"}, instance)'
     assert variables["instance"]["includeAll"] and variables["instance"]["multi"]
@@ -317,9 +374,30 @@ def test_dashboard_variables() -> None:
     assert variables["DS_PROMETHEUS"]["query"] == "prometheus"
 
 
+def test_dashboard_shows_the_build_workers() -> None:
+    panels = {panel["title"]: panel for panel in dashboard_panels()}
+    [per_instance] = panels["Active builds by instance"]["targets"]
+    assert per_instance["expr"] == 'sum by (job, instance) (builds_active{job=~"$job", instance=~"$instance"})'
+    assert per_instance["legendFormat"] == "{{job}} {{instance}}"
+    assert panels["Workers up"]["type"] == "stat"
+    exprs = [target["expr"] for target in panels["Workers up"]["targets"]]
+    assert exprs == [f'sum(up{{job=~"$job", job="{WORKER_JOB}", instance=~"$instance"}})',
+                     f'count(up{{job=~"$job", job="{WORKER_JOB}", instance=~"$instance"}})']
+    # In a row of their own, inside the grid, overlapping nothing.
+    rows = [panel["title"] for panel in dashboard()["panels"] if panel["type"] == "row"]
+    assert "Build workers" in rows
+    cells = set()
+    for panel in dashboard()["panels"]:
+        grid = panel["gridPos"]
+        area = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
+                for y in range(grid["y"], grid["y"] + grid["h"])}
+        assert not area & cells, panel["title"]
+        cells |= area
+
+
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
     # promtool parses expressions only inside rule files: make each query a recording rule.
-    substitutions = {"$__rate_interval": "1m", "$job": "nexus-ai-api", "$instance": ".+"}
+    substitutions = {"$__rate_interval": "1m", "$job": "(nexus-ai-api|nexus-ai-worker)", "$instance": ".+"}
     rules = []
     for number, expr in enumerate(dashboard_exprs()):
         for variable, value in substitutions.items():
@@ -344,9 +422,9 @@ def test_grafana_provisioning() -> None:
 
 
 # -- systemd -----------------------------------------------------------------------------------
-def unit_settings() -> dict[str, list[str]]:
+def unit_settings(path: Path = SYSTEMD_UNIT) -> dict[str, list[str]]:
     settings: dict[str, list[str]] = defaultdict(list)
-    for line in SYSTEMD_UNIT.read_text().splitlines():
+    for line in path.read_text().splitlines():
         if line and not line.startswith(("#", "[")):
             key, _, value = line.partition("=")
             settings[key].append(value)
@@ -370,7 +448,40 @@ def test_systemd_unit() -> None:
     assert f"create 0640 {unit['User'][0]} {unit['Group'][0]}" in logrotate
 
 
-def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
+# What the build worker's unit shares with the API's: where it runs, as whom, its sandbox.
+SHARED_UNIT_SETTINGS = ("User", "Group", "WorkingDirectory", "EnvironmentFile", "ReadWritePaths",
+                        "ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateMounts",
+                        "NoNewPrivileges", "CapabilityBoundingSet", "AmbientCapabilities",
+                        "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+                        "ProtectControlGroups", "ProtectClock", "ProtectHostname", "ProtectProc",
+                        "RestrictAddressFamilies", "RestrictNamespaces", "RestrictRealtime",
+                        "RestrictSUIDSGID", "LockPersonality", "SystemCallArchitectures",
+                        "SystemCallFilter", "SystemCallErrorNumber", "UMask", "LimitNOFILE",
+                        "KillSignal", "KillMode", "TimeoutStopSec")
+
+
+def test_systemd_worker_unit() -> None:
+    api, worker = unit_settings(), unit_settings(SYSTEMD_WORKER_UNIT)
+    assert worker["ExecStart"] == ["/opt/nexus-ai/.venv/bin/nexus-ai worker"]
+    for key in SHARED_UNIT_SETTINGS:
+        assert worker[key] == api[key], key
+    assert worker["Environment"] == ["ENVIRONMENT=production"]
+    # One process with its metrics in memory: no multiprocess directory, even from .env, and no
+    # share in the API's RuntimeDirectory (stopping either unit would remove it).
+    assert "PROMETHEUS_MULTIPROC_DIR" in worker["UnsetEnvironment"][0].split()
+    assert not any("PROMETHEUS_MULTIPROC_DIR" in value for value in worker["Environment"])
+    assert worker["RuntimeDirectory"] == []
+    # Its own restart policy: always back, unless it crash-loops.
+    assert worker["Restart"] == ["always"] and worker["RestartSec"] == ["5"]
+    assert int(worker["StartLimitBurst"][0]) > 1 and int(worker["StartLimitIntervalSec"][0]) > 0
+    assert worker["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert "nexus-ai.service" in worker["After"][0].split()
+    logrotate = (ROOT / "deploy" / "logrotate" / "nexus-ai").read_text()
+    assert "systemctl reload nexus-ai-worker" in logrotate
+
+
+@pytest.mark.parametrize("source", [SYSTEMD_UNIT, SYSTEMD_WORKER_UNIT], ids=lambda path: path.name)
+def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path, source: Path) -> None:
     analyze = tool("systemd-analyze", "apt-get install systemd")
     # verify checks that ExecStart exists: point the unit at a stand-in install directory.
     install = tmp_path / "opt" / "nexus-ai"
@@ -379,8 +490,8 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
     executable = install / ".venv" / "bin" / "nexus-ai"
     executable.write_text("#!/bin/sh\n")
     executable.chmod(0o755)
-    unit = tmp_path / "nexus-ai.service"
-    unit.write_text(SYSTEMD_UNIT.read_text().replace("/opt/nexus-ai", str(install)))
+    unit = tmp_path / source.name
+    unit.write_text(source.read_text().replace("/opt/nexus-ai", str(install)))
     result = run(analyze, "verify", str(unit))
     # verify exits 0 on settings it ignores, but says so on stderr.
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
@@ -390,41 +501,51 @@ def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
 
 # -- Kubernetes --------------------------------------------------------------------------------
 def kubernetes_documents() -> dict[str, dict[str, Any]]:
+    """By kind, and a Deployment by its name (the API's and the build workers')."""
     documents = {}
     for path in sorted(KUBERNETES.glob("*.yaml")):
         if path.name == "kustomization.yaml":
             continue
         for document in yaml().safe_load_all(path.read_text()):
-            documents[document["kind"]] = document
+            key = document["kind"]
+            if key == "Deployment":
+                key = f"Deployment/{document['metadata']['name']}"
+            assert key not in documents, key
+            documents[key] = document
     return documents
 
 
 def test_kubernetes_manifests_match_the_api_schemas() -> None:
     validator = module("kubernetes_validate", "pip install kubernetes-validate")
     documents = kubernetes_documents()
-    assert set(documents) == {"ConfigMap", "Deployment", "Service", "PersistentVolumeClaim"}
+    assert set(documents) == {"ConfigMap", "Deployment/nexus-ai-api", "Deployment/nexus-ai-worker",
+                              "Service", "PersistentVolumeClaim"}
     for document in documents.values():
         validator.validate(document, validator.latest_version(), strict=True)
 
 
-def test_kubernetes_deployment() -> None:
-    documents = kubernetes_documents()
-    deployment = documents["Deployment"]
+def pod_container(deployment: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    spec = deployment["spec"]["template"]["spec"]
+    [container] = spec["containers"]
+    return spec, container
+
+
+def assert_pod_basics(deployment: dict[str, Any], documents: dict[str, dict[str, Any]], port: int) -> None:
+    """What both Deployments' pods share: scrape annotations on their port, the graceful stop,
+    the security context, resources, and the ConfigMap, volume and mounts they refer to."""
     assert deployment["apiVersion"] == "apps/v1"
     pod = deployment["spec"]["template"]
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert pod["metadata"]["annotations"] == {
-        "prometheus.io/scrape": "true", "prometheus.io/port": "8000", "prometheus.io/path": "/metrics"}
-    spec = pod["spec"]
+        "prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+    spec, container = pod_container(deployment)
     assert spec["terminationGracePeriodSeconds"] > 30
     assert spec["securityContext"]["runAsNonRoot"] is True and spec["securityContext"]["runAsUser"] != 0
-    [container] = spec["containers"]
-    assert container["command"] == ["nexus-ai", "serve"]
-    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert container["image"] == "nexus-ai-platform:1.0.0"
     ready, live = container["readinessProbe"], container["livenessProbe"]
-    assert ready["httpGet"] == {"path": "/health/ready", "port": 8000}
+    assert ready["httpGet"] == {"path": "/health/ready", "port": port}
     assert (ready["initialDelaySeconds"], ready["periodSeconds"]) == (10, 5)
-    assert live["httpGet"] == {"path": "/health/live", "port": 8000}
+    assert live["httpGet"] == {"path": "/health/live", "port": port}
     assert (live["initialDelaySeconds"], live["periodSeconds"]) == (30, 10)
     assert {"cpu", "memory"} <= set(container["resources"]["requests"])
     assert "memory" in container["resources"]["limits"]
@@ -443,9 +564,57 @@ def test_kubernetes_deployment() -> None:
     assert {configmap["data"]["DATA_DIR"], configmap["data"]["LOG_DIR"]} <= mounts
 
 
+def test_kubernetes_deployment() -> None:
+    documents = kubernetes_documents()
+    deployment = documents["Deployment/nexus-ai-api"]
+    assert_pod_basics(deployment, documents, 8000)
+    spec, container = pod_container(deployment)
+    assert container["command"] == ["nexus-ai", "serve"]
+    assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    # SQLite on a ReadWriteOnce volume: one pod, the old one gone before the new one starts.
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # The manifests deploy the split: the builds run in the worker Deployment.
+    assert {"name": "RUN_BUILDS", "value": "false"} in container["env"]
+    [preferred] = spec["affinity"]["podAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert preferred["podAffinityTerm"]["labelSelector"]["matchLabels"] == \
+        documents["Deployment/nexus-ai-worker"]["spec"]["selector"]["matchLabels"]
+    assert preferred["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_kubernetes_worker_deployment() -> None:
+    documents = kubernetes_documents()
+    api, worker = documents["Deployment/nexus-ai-api"], documents["Deployment/nexus-ai-worker"]
+    configmap = documents["ConfigMap"]["data"]
+    assert configmap["WORKER_PORT"] == "8001" and configmap["WORKER_HOST"] == "0.0.0.0"
+    assert_pod_basics(worker, documents, 8001)
+    spec, container = pod_container(worker)
+    # `nexus-ai worker`, with no PROMETHEUS_MULTIPROC_DIR whatever the ConfigMap or Secret set:
+    # env -u removes it (Kubernetes can set a variable empty, never unset it).
+    command = container["command"]
+    assert command[0] == "env" and command[-2:] == ["nexus-ai", "worker"]
+    assert "PROMETHEUS_MULTIPROC_DIR" in command[command.index("-u") + 1::2]
+    assert "PROMETHEUS_MULTIPROC_DIR" not in configmap
+    assert container["ports"] == [{"name": "metrics", "containerPort": 8001, "protocol": "TCP"}]
+    assert "env" not in container  # RUN_BUILDS means nothing to a worker
+    assert container["envFrom"] == pod_container(api)[1]["envFrom"]
+    # Not selected by the API's Service, and it selects no API pod.
+    service_selector = documents["Service"]["spec"]["selector"]
+    assert not service_selector.items() <= worker["spec"]["template"]["metadata"]["labels"].items()
+    assert worker["spec"]["selector"]["matchLabels"] != api["spec"]["selector"]["matchLabels"]
+    # SQLite: on the API pod's node, which has the ReadWriteOnce volume; one replica.
+    [required] = spec["affinity"]["podAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required["labelSelector"]["matchLabels"] == api["spec"]["selector"]["matchLabels"]
+    assert required["topologyKey"] == "kubernetes.io/hostname"
+    assert configmap["STORAGE_BACKEND"] == "sqlite" and worker["spec"]["replicas"] == 1
+    # A new worker is ready before the old one hands its builds back.
+    assert worker["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    grace = api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert spec["terminationGracePeriodSeconds"] == grace
+
+
 def test_kubernetes_service_and_kustomization() -> None:
     documents = kubernetes_documents()
-    service, deployment = documents["Service"], documents["Deployment"]
+    service, deployment = documents["Service"], documents["Deployment/nexus-ai-api"]
     assert service["apiVersion"] == "v1"
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
@@ -454,6 +623,7 @@ def test_kubernetes_service_and_kustomization() -> None:
     kustomization = load_yaml(KUBERNETES / "kustomization.yaml")
     assert sorted(kustomization["resources"]) == sorted(
         path.name for path in KUBERNETES.glob("*.yaml") if path.name != "kustomization.yaml")
+    assert "worker-deployment.yaml" in kustomization["resources"]
 
 
 # -- Docker ------------------------------------------------------------------------------------
@@ -477,10 +647,78 @@ def test_dockerfile() -> None:
     assert user.split(":")[0] not in ("root", "0")
     assert keywords.index("USER") > max(i for i, keyword in enumerate(keywords) if keyword == "RUN")
     assert ("EXPOSE", "8000") in instructions
+    assert ("EXPOSE", "8001") in instructions  # a build worker's probes and /metrics
     [healthcheck] = [arguments for keyword, arguments in instructions if keyword == "HEALTHCHECK"]
     assert "/health/live" in healthcheck and "urllib" in healthcheck
     assert "curl" not in healthcheck and "wget" not in healthcheck
     assert instructions[-1] == ("CMD", '["nexus-ai", "serve"]')
+
+
+def healthcheck_code() -> str:
+    [healthcheck] = [arguments for keyword, arguments in dockerfile_instructions() if keyword == "HEALTHCHECK"]
+    command = json.loads(healthcheck[healthcheck.index("CMD") + 3:])
+    assert command[:2] == ["python", "-c"]
+    return command[2]
+
+
+def test_dockerfile_healthcheck_asks_the_port_of_the_containers_command(tmp_path: Path) -> None:
+    """The image's HEALTHCHECK, run beside an API and beside a build worker that are each
+    process 1 of their own PID namespace, as in a container."""
+    unshare = tool("unshare", "apt-get install util-linux")
+    nsenter = tool("nsenter", "apt-get install util-linux")
+    if run(unshare, "--pid", "--fork", "--mount-proc", "true").returncode != 0:
+        pytest.skip("no PID namespaces here (unshare --pid needs privileges)")
+    api_port, worker_port = free_port(), free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DATA_DIR": str(tmp_path / "data"),
+           "LOG_DIR": str(tmp_path / "logs"), "API_HOST": "127.0.0.1", "API_PORT": str(api_port),
+           "WORKER_HOST": "127.0.0.1", "WORKER_PORT": str(worker_port)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    python = str(Path(sys.executable).parent / "python")
+    processes, servers = [], []
+    try:
+        for command, port in ((["serve"], api_port), (["worker"], worker_port)):
+            with open(tmp_path / f"{command[0]}.out", "wb") as output:
+                process = subprocess.Popen([unshare, "--pid", "--fork", "--mount-proc", "--kill-child",
+                                            python, "-m", "api.cli", *command],
+                                           cwd=tmp_path, env=env, stdout=output, stderr=output)
+            processes.append(process)
+
+            def answers(port: int = port) -> bool:
+                assert process.poll() is None, (tmp_path / f"{command[0]}.out").read_text()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=1) as answer:
+                        return answer.status == 200
+                except OSError:
+                    return False
+
+            deadline = time.monotonic() + 30
+            while not answers():
+                assert time.monotonic() < deadline, f"{command} did not answer"
+                time.sleep(0.1)
+            # Process 1 of the namespace is the server (unshare's child): run the check there.
+            children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True)
+            [server] = [int(pid) for pid in children.stdout.split()]
+            servers.append(server)
+            # As in the container, which has both ports in its environment and only its own
+            # server listening: the other port names a port where nothing listens.
+            closed = str(free_port())
+            container_env = {**env, "API_PORT": str(api_port) if port == api_port else closed,
+                             "WORKER_PORT": str(worker_port) if port == worker_port else closed}
+            check = subprocess.run([nsenter, "-t", str(server), "-p", "-m", python, "-c", healthcheck_code()],
+                                   env=container_env, capture_output=True, text=True, timeout=30)
+            assert check.returncode == 0, (command, check.stderr)
+        # Outside those namespaces process 1 is neither: the check asks API_PORT (nothing there).
+        outside = subprocess.run([python, "-c", healthcheck_code()], capture_output=True, text=True,
+                                 env={**env, "API_PORT": str(free_port())}, timeout=30)
+        assert outside.returncode != 0 and "Connection refused" in outside.stderr
+    finally:
+        # unshare waits for its child, which stops on SIGTERM as in a container.
+        for server in servers:
+            os.kill(server, signal.SIGTERM)
+        for process in processes:
+            if len(servers) < len(processes) and process is processes[-1]:
+                process.kill()  # it never answered: --kill-child takes the server along
+            process.wait(timeout=60)
 
 
 def test_dockerfile_passes_hadolint() -> None:
