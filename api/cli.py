@@ -11,15 +11,27 @@ import uvicorn
 from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
-from api.config import get_settings
+from api.config import Settings, get_settings, is_loopback
+from api.core.principal import OPERATOR, ROLES
 from api.core.store_errors import StoreError
 from api.database.factory import BackendUnavailable, create_store
 from api.instrumentation import prepare_server
 from api.providers.factory import ProviderUnavailable, create_provider
+from api.services.keys import KeyService
+
+
+def _host(settings: Settings, host: str | None, default: str | None) -> str:
+    """The address to listen on; refused without keys unless it is a loopback one."""
+    chosen = host or default or "127.0.0.1"
+    if settings.auth_mode == "none" and not is_loopback(chosen):
+        sys.exit(f"nexus-ai: AUTH_MODE=none serves everyone who can reach {chosen}: listen on "
+                 "127.0.0.1, or set AUTH_MODE=api_key and create a key (nexus-ai keys create)")
+    return chosen
 
 
 def serve(host: str | None, port: int | None, workers: int | None) -> None:
     settings = get_settings()
+    host = _host(settings, host, settings.api_host)
     # The app checks these at start-up too, but its log goes to files: say it on the terminal.
     try:
         create_provider(settings)
@@ -27,7 +39,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
     except (ProviderUnavailable, BackendUnavailable) as exc:
         sys.exit(f"nexus-ai: {exc}")
     options = {
-        "host": host or settings.api_host,
+        "host": host,
         "port": port or settings.api_port,
         "workers": workers or settings.workers,
         "timeout_graceful_shutdown": 30,
@@ -42,7 +54,9 @@ def work(host: str | None, port: int | None) -> None:
     """A build worker: one process running builds from the shared store, with its probes and
     /metrics on WORKER_HOST:WORKER_PORT."""
     settings = get_settings()
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    host = _host(settings, host, settings.worker_host)
+    # prometheus_client goes multiprocess whenever the variable is present, even empty.
+    if {"PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"} & os.environ.keys():
         # Its metrics would be summed with (and its start would empty) the API's files.
         sys.exit("nexus-ai: a worker is one process and keeps its metrics in memory: "
                  "unset PROMETHEUS_MULTIPROC_DIR for it")
@@ -51,7 +65,7 @@ def work(host: str | None, port: int | None) -> None:
         create_store(settings)
     except (ProviderUnavailable, BackendUnavailable) as exc:
         sys.exit(f"nexus-ai: {exc}")
-    uvicorn.run("api.main:create_worker_app", factory=True, host=host or settings.worker_host,
+    uvicorn.run("api.main:create_worker_app", factory=True, host=host,
                 port=port or settings.worker_port, timeout_graceful_shutdown=30,
                 **prepare_server(settings))
 
@@ -78,6 +92,43 @@ async def _init_db() -> str:
     return store.backend_name
 
 
+async def _keys(args: argparse.Namespace) -> int:
+    """`nexus-ai keys create | list | revoke`: on the configured store, as the service reads it."""
+    store = create_store(get_settings())
+    await store.open()
+    try:
+        keys = KeyService(store=store, cache_seconds=0)
+        if args.keys_command == "create":
+            tenant = None if args.role == OPERATOR else args.tenant
+            if args.role != OPERATOR and tenant is None:
+                sys.exit("nexus-ai: keys create needs --tenant (only an operator key has none)")
+            try:
+                key, token = await keys.create(tenant_id=tenant, role=args.role, name=args.name,
+                                               expires_days=args.expires)
+            except ValueError as exc:
+                sys.exit(f"nexus-ai: {exc}")
+            print(token)
+            print(f"Created key {key.key_id} (tenant {key.tenant_id or '-'}, role {key.role}"
+                  f"{', expires ' + key.expires_at if key.expires_at else ''}). It is shown "
+                  "this once: store it now.", file=sys.stderr)
+        elif args.keys_command == "list":
+            print("\t".join(("KEY_ID", "TENANT", "ROLE", "NAME", "CREATED", "EXPIRES", "REVOKED")))
+            for key in await keys.list_keys(tenant_id=args.tenant):
+                print("\t".join(value or "-" for value in (
+                    key.key_id, key.tenant_id, key.role, key.name, key.created_at, key.expires_at,
+                    key.revoked_at)))
+        else:
+            revoked = await keys.revoke(key_id=args.key_id, tenant_id=None)
+            if revoked is None:
+                print(f"nexus-ai: no key {args.key_id}", file=sys.stderr)
+                return 1
+            print(f"Revoked key {revoked.key_id} at {revoked.revoked_at}; every server refuses "
+                  f"it within AUTH_CACHE_SECONDS", file=sys.stderr)
+        return 0
+    finally:
+        await store.close()
+
+
 async def _migrate() -> tuple[str, int]:
     """The stored data converted to this release's layout, then opened as `init-db` does."""
     store = create_store(get_settings())
@@ -96,6 +147,17 @@ def main(argv: list[str] | None = None) -> None:
                                         "(probes and /metrics on WORKER_HOST:WORKER_PORT)")
     worker_parser.add_argument("--host", help="default: WORKER_HOST")
     worker_parser.add_argument("--port", type=int, help="default: WORKER_PORT")
+    keys_parser = commands.add_parser("keys", help="create, list or revoke API keys")
+    keys_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
+    create_parser = keys_commands.add_parser("create", help="make a key and print it, once")
+    create_parser.add_argument("--tenant", help="the tenant the key acts for (not for operator)")
+    create_parser.add_argument("--role", required=True, choices=ROLES)
+    create_parser.add_argument("--name", help="a label: the user_id of what the key does")
+    create_parser.add_argument("--expires", type=float, metavar="DAYS", help="default: never")
+    list_parser = keys_commands.add_parser("list", help="every key (or a tenant's), never a secret")
+    list_parser.add_argument("--tenant")
+    revoke_parser = keys_commands.add_parser("revoke", help="stop a key from working")
+    revoke_parser.add_argument("key_id")
     commands.add_parser("init-db", help="create or migrate the database, then exit")
     commands.add_parser("migrate", help="convert a DynamoDB table written by an earlier "
                         "release (every instance stopped), then exit as init-db does")
@@ -110,6 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "worker":
         work(args.host, args.port)
         return
+    if args.command == "keys":
+        try:
+            sys.exit(asyncio.run(_keys(args)))
+        except StoreError as exc:
+            sys.exit(f"nexus-ai: {exc}")
     try:
         if args.command == "migrate":
             backend, converted = asyncio.run(_migrate())

@@ -1,10 +1,11 @@
 """Service settings: one class, read once from the environment and `.env`."""
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,7 +22,8 @@ class Settings(BaseSettings):
     # orchestrator; failing probes are always logged.
     log_health_requests: bool = False
 
-    api_host: str = "0.0.0.0"
+    # Unset: 0.0.0.0 with API keys, 127.0.0.1 without (AUTH_MODE=none must not serve a network).
+    api_host: str | None = None
     api_port: int = Field(default=8000, ge=1, le=65535)
     workers: int = Field(default=1, ge=1)
     # After SIGTERM, keep serving (with /health/ready failing) this long before closing the
@@ -70,19 +72,41 @@ class Settings(BaseSettings):
     # sharing its store run instead (docs/MONITORING.md, "Build workers").
     run_builds: bool = True
     # Where `nexus-ai worker` serves its probes and /metrics.
-    worker_host: str = "0.0.0.0"
+    worker_host: str | None = None  # unset: as API_HOST
     worker_port: int = Field(default=8001, ge=1, le=65535)
     # A build whose owner stops renewing its lease for this long is taken over (crash recovery).
     build_lease_seconds: float = Field(default=10.0, gt=0)
     api_calls_flush_seconds: float = Field(default=5.0, gt=0)
+
+    # Access control (docs/SECURITY.md). Unset: api_key in production, none in development.
+    auth_mode: Literal["api_key", "none"] | None = None
+    # An operator credential for /metrics and /health/detailed without a key (Prometheus).
+    operator_token: SecretStr | None = None
+    # How long a process trusts a key it checked: a revoked key stops working within this.
+    auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _resolve_auth_and_bind(self) -> "Settings":
+        if self.auth_mode is None:
+            self.auth_mode = "api_key" if self.environment == "production" else "none"
+        loopback = "127.0.0.1" if self.auth_mode == "none" else "0.0.0.0"
+        self.api_host = self.api_host or loopback
+        self.worker_host = self.worker_host or self.api_host
+        for name in ("api_host", "worker_host"):
+            if self.auth_mode == "none" and not is_loopback(getattr(self, name)):
+                raise ValueError(
+                    f"AUTH_MODE=none serves everyone who can reach {name.upper()}="
+                    f"{getattr(self, name)}: listen on 127.0.0.1 (the default without keys) or "
+                    "set AUTH_MODE=api_key and create a key (nexus-ai keys create)")
+        return self
+
     @field_validator("environment", "storage_backend", "model_provider", "dynamodb_retry_mode",
-                     mode="before")
+                     "auth_mode", mode="before")
     @classmethod
     def _lower_choice(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
@@ -96,6 +120,13 @@ class Settings(BaseSettings):
         chosen = self.build_model if operation == "build" else self.agent_model
         default = self.bedrock_model_id if self.model_provider == "bedrock" else self.model_name
         return chosen or default or self.model_provider
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @lru_cache

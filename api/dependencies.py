@@ -12,7 +12,8 @@ from fastapi.routing import APIRoute
 from api.config import Settings
 from api.core.errors import ValidationFailed
 from api.core.context import bind
-from api.database.store import DEFAULT_TENANT, Page, Store
+from api.core.principal import Principal
+from api.database.store import Page, Store
 from api.services.agent_service import AgentService
 from api.services.project_service import ProjectService
 from api.services.statistics_service import StatisticsService
@@ -26,30 +27,33 @@ async def _store(request: Request) -> Store:
     return request.app.state.store
 
 
-async def current_tenant() -> str:
-    """The tenant a request acts as: the one place that decides it. Every request is the
-    default tenant's until access control says whose key it carries."""
-    return DEFAULT_TENANT
+async def current_principal(request: Request) -> Principal:
+    """Who the request acts as: decided once, by api.middleware.auth (the key's tenant, role
+    and name; without keys the default tenant's unnamed admin)."""
+    return request.scope["state"]["principal"]
 
 
-TenantDep = Annotated[str, Depends(current_tenant)]
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 
-async def _projects(request: Request, tenant_id: TenantDep) -> ProjectService:
-    return request.app.state.project_service.for_tenant(tenant_id)
+async def _projects(request: Request, principal: PrincipalDep) -> ProjectService:
+    return request.app.state.project_service.acting_as(principal)
 
 
-async def _agents(request: Request, tenant_id: TenantDep) -> AgentService:
-    return request.app.state.agent_service.for_tenant(tenant_id)
+async def _agents(request: Request, principal: PrincipalDep) -> AgentService:
+    return request.app.state.agent_service.acting_as(principal)
 
 
-async def _statistics(request: Request, tenant_id: TenantDep) -> StatisticsService:
-    return request.app.state.statistics_service.for_tenant(tenant_id)
+async def _statistics(request: Request, principal: PrincipalDep) -> StatisticsService:
+    """An operator (no tenant) reads the platform-wide statistics."""
+    return request.app.state.statistics_service.acting_as(principal)
 
 
-async def count_api_call(request: Request, tenant_id: TenantDep) -> None:
-    bind(tenant_id=tenant_id)
-    request.app.state.api_calls.count(tenant_id)
+async def count_api_call(request: Request, principal: PrincipalDep) -> None:
+    if principal.tenant_id is None:
+        return  # an operator's reads are nobody's API calls: statistics count tenants' use
+    bind(tenant_id=principal.tenant_id)
+    request.app.state.api_calls.count(principal.tenant_id)
 
 
 # Each /api/v1 route's query parameter names, by id(route): routes compare by value and so

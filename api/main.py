@@ -23,15 +23,18 @@ from api.database.factory import create_store
 from api.dependencies import count_api_call, refuse_unknown_query_params
 from api.engine.build_engine import BuildEngine
 from api.engine.stage_work import StageWorker
+from api.middleware.auth import AuthMiddleware
 from api.middleware.body_limit import BodySizeLimitMiddleware
 from api.middleware.idempotency import IdempotencyMiddleware
 from api.observability.model_probe import ModelProbe
 from api.providers.base import ModelProvider
 from api.providers.client import ModelClient
 from api.providers.factory import create_provider
-from api.routers import agents, docs, openapi, projects, sessions, statistics
+from api.routers import agents, docs, keys, openapi, projects, sessions, statistics
+from api.observability import metrics
 from api.services.agent_service import AgentService
 from api.services.api_call_counter import ApiCallCounter
+from api.services.keys import KeyService
 from api.services.project_service import ProjectService
 from api.services.statistics_service import StatisticsService
 
@@ -88,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         models={"build": settings.model_for("build"), "invoke": settings.model_for("invoke")})
     app.state.store = store
     app.state.engine = engine
+    app.state.key_service = KeyService(store=store, cache_seconds=settings.auth_cache_seconds)
     if serves_api:
         api_calls = ApiCallCounter(store=store, flush_seconds=settings.api_calls_flush_seconds)
         # A model call's deadline bounds how long a request runs (the idempotency keys' claims).
@@ -103,6 +107,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if serves_api:
         api_calls.start()
     _drain_on_sigterm(app, settings.shutdown_drain_seconds)
+    metrics.expose_auth_failures()
+    if settings.auth_mode == "api_key" and serves_api and not await store.list_api_keys(tenant_id=None):
+        logger.warning("AUTH_MODE=api_key and no API key exists yet: the API answers 401 "
+                       "until one does. Create the first with `nexus-ai keys create --tenant "
+                       "NAME --role admin` (docs/SECURITY.md)")
     if settings.debug and settings.environment == "production":
         logger.warning("DEBUG=true in production: error responses include exception details")
     role = ("Nexus-AI Platform API" if serves_api else "Nexus-AI build worker")
@@ -154,14 +163,16 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
                              generate_unique_id_function=openapi.operation_id)
     v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(count_api_call),
                                                    Depends(refuse_unknown_query_params)])
-    for module in (projects, agents, sessions, statistics):
+    for module in (projects, agents, sessions, statistics, keys):
         v1.include_router(module.router)
     app.include_router(v1)
     docs.include(app)
     openapi.install(app)
-    # Inside the body limit, which refuses an oversized body before anything reads it.
+    # Inside the body limit, which refuses an oversized body before anything reads it; both
+    # inside the authentication, which decides the tenant the idempotency keys belong to.
     app.add_middleware(IdempotencyMiddleware)
     app.add_middleware(BodySizeLimitMiddleware)
+    app.add_middleware(AuthMiddleware)
     instrumentation.add_tracing(app, settings)
     return app
 
@@ -172,6 +183,7 @@ def create_worker_app(settings: Settings | None = None, *,
     /metrics (no API, no OpenAPI document)."""
     app, settings = _new_app(settings, provider, serves_api=False,
                              title="Nexus-AI build worker", openapi_url=None)
+    app.add_middleware(AuthMiddleware)
     instrumentation.add_tracing(app, settings)
     return app
 

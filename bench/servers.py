@@ -58,6 +58,9 @@ class Server:
             "DATA_DIR": str(workdir / "data"),
             "LOG_DIR": str(workdir / "logs"),
             "ENVIRONMENT": "production",
+            # Production's default is API keys; the items measure the service without them
+            # (on loopback, which AUTH_MODE=none requires).
+            "AUTH_MODE": "none",
             # Builds made while setting an item up finish at once; items that measure builds
             # or the mixed scenario say otherwise.
             "OFFLINE_STAGE_DELAY_SECONDS": "0",

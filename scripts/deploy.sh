@@ -30,7 +30,9 @@ Settings come from the environment and from .env (ENV_FILE), which is read as da
 executed. ENVIRONMENT=development runs one process; ENVIRONMENT=production runs WORKERS
 processes (default: one per CPU) with multiprocess Prometheus metrics in
 PROMETHEUS_MULTIPROC_DIR (default ./prometheus-multiproc, emptied at every start).
-Also: PID_FILE (./api.pid), START_TIMEOUT (60), STOP_TIMEOUT (30).
+Also: PID_FILE (./api.pid), START_TIMEOUT (60), STOP_TIMEOUT (30). Production requires API
+keys (AUTH_MODE=api_key): status sends OPERATOR_TOKEN, when set, to /health/detailed and
+/metrics (docs/SECURITY.md).
 
 Build workers: BUILD_WORKERS=N (default 0: the API runs the builds itself) makes start also
 start N `nexus-ai worker` processes, on ports WORKER_PORT (8001), WORKER_PORT+1, ..., and
@@ -117,12 +119,16 @@ write_build_workers() {
 }
 
 # Prints the HTTP status of GET PATH on PORT (default API_PORT; 000 when nothing answers) and
-# the body on stderr.
+# the body on stderr. With OPERATOR_TOKEN set (environment or .env) it is sent: /health/detailed
+# and /metrics need it when the service requires API keys (docs/SECURITY.md).
 probe() {
   "$(venv_python)" - "http://$PROBE_HOST:${2:-$API_PORT}$1" <<'PY'
-import sys, urllib.error, urllib.request
+import os, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1])
+if os.environ.get("OPERATOR_TOKEN"):
+    request.add_header("Authorization", f"Bearer {os.environ['OPERATOR_TOKEN']}")
 try:
-    with urllib.request.urlopen(sys.argv[1], timeout=2) as response:
+    with urllib.request.urlopen(request, timeout=2) as response:
         status, body = response.status, response.read()
 except urllib.error.HTTPError as error:
     status, body = error.code, error.read()

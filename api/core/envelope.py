@@ -13,6 +13,8 @@ from api.core.redaction import redact_text
 # code -> (HTTP status, one-line suggestion)
 ERROR_CODES: dict[str, tuple[int, str]] = {
     "VALIDATION_ERROR": (400, "Fix the fields listed in details and send the request again."),
+    "AUTHENTICATION_REQUIRED": (401, "Send a valid API key (Authorization: Bearer nxk_...); an admin creates one with `nexus-ai keys create`."),
+    "PERMISSION_DENIED": (403, "Use a key whose role allows this (viewer reads, builder builds and invokes, admin deletes and manages keys)."),
     "RESOURCE_NOT_FOUND": (404, "Check the identifier or path; list the collection to find valid ids."),
     "METHOD_NOT_ALLOWED": (405, "Use one of the methods listed in the Allow header."),
     "RESOURCE_CONFLICT": (409, "The resource changed or already exists; read it again before retrying."),

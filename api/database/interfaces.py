@@ -15,7 +15,9 @@ of another tenant is exactly as absent as one that does not exist. Writes set ea
 the engine's lease methods (`list_claimable_builds`, `renew_leases`: one engine serves every
 tenant, and the builds they return carry their `tenant_id`), and the statistics reads with
 `tenant_id=None`, the platform-wide totals operators see. Idempotency keys are a tenant's
-too: the same key of two tenants names two unrelated requests.
+too: the same key of two tenants names two unrelated requests. API keys are looked up by
+their id alone (the key names its tenant; nothing is known of the caller before), and listed
+per tenant or, for the command line, platform-wide.
 """
 
 import abc
@@ -264,3 +266,41 @@ class IdempotencyStore(abc.ABC):
     @abc.abstractmethod
     async def release_idempotency_key(self, *, tenant_id: str, key: str, claim_id: str) -> None:
         """Drop claim `claim_id` if it is still held and unanswered, so a retry runs anew."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """An API key as stored: never its secret, only the secret's SHA-256 (`secret_hash`).
+
+    `tenant_id` is None for an `operator` key, which no tenant owns. Timestamps as every
+    record's; `expires_at` None never expires, `revoked_at` None is not revoked."""
+
+    key_id: str
+    tenant_id: str | None
+    role: str
+    name: str | None
+    secret_hash: str
+    created_at: str
+    expires_at: str | None = None
+    revoked_at: str | None = None
+
+
+class KeyStore(abc.ABC):
+    """API keys (access control)."""
+
+    @abc.abstractmethod
+    async def put_api_key(self, *, key: ApiKey) -> None:
+        """Store a new key (its id is new: ids are random)."""
+
+    @abc.abstractmethod
+    async def get_api_key(self, *, key_id: str) -> ApiKey | None:
+        """The key with this id, whichever tenant's (a caller is known only once it is read)."""
+
+    @abc.abstractmethod
+    async def list_api_keys(self, *, tenant_id: str | None) -> list[ApiKey]:
+        """A tenant's keys, or with None every key (operators' too), oldest first."""
+
+    @abc.abstractmethod
+    async def revoke_api_key(self, *, key_id: str, tenant_id: str | None, revoked_at: str) -> ApiKey | None:
+        """Mark the key revoked (once: a revoked key keeps its first `revoked_at`); None when
+        there is no such key (of `tenant_id`, unless None)."""

@@ -23,10 +23,12 @@ from api.core.store_errors import RecordTooLarge
 # The records are imported from here by the backends and services, with the constants below.
 from api.database.interfaces import (
     AgentStore,
+    ApiKey,
     Daily,
     IdempotencyKeyState,
     IdempotencyStore,
     IdempotentAnswer,
+    KeyStore,
     LeaseStore,
     Page,
     ProjectStore,
@@ -177,7 +179,8 @@ def build_token_deltas(build: Record) -> dict[str, float]:
             "build_output_tokens": usage.get("output_tokens", 0)}
 
 
-class Store(ProjectStore, LeaseStore, AgentStore, SessionStore, StatisticsStore, IdempotencyStore):
+class Store(ProjectStore, LeaseStore, AgentStore, SessionStore, StatisticsStore, IdempotencyStore,
+            KeyStore):
     """Persistence for every resource: the domains of `api.database.interfaces` in the one
     object the app holds, with its lifecycle and the timing every call goes through."""
 

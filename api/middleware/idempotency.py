@@ -28,7 +28,6 @@ from api.core.envelope import error_response
 from api.core.handlers import store_error_response
 from api.core.store_errors import RecordTooLarge, StoreError
 from api.database.store import MAX_RECORD_BYTES, IdempotencyKeyState, IdempotentAnswer, Store
-from api.dependencies import current_tenant
 
 logger = logging.getLogger("api.middleware.idempotency")
 
@@ -117,8 +116,8 @@ class IdempotencyMiddleware:
     async def _claimed(self, scope: Scope, receive: Receive, send: Send, key: str, body: bytes) -> None:
         app = scope["app"]
         store: Store = app.state.store
-        # The tenant as the routes' dependency decides it (with the app's overrides).
-        tenant_id = await app.dependency_overrides.get(current_tenant, current_tenant)()
+        # The tenant of the principal api.middleware.auth decided (it runs before this one).
+        tenant_id = scope["state"]["principal"].tenant_id
         bind(tenant_id=tenant_id)
         fingerprint, claim_id, now = _fingerprint(scope, body), uuid.uuid4().hex, time.time()
         stale_seconds = max(MIN_STALE_SECONDS, 2 * app.state.model_deadline_seconds)

@@ -110,6 +110,10 @@ model_time_to_first_token_seconds = Histogram(
     MODEL_LABELS, buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 model_tokens_total = Counter(
     "model_tokens_total", "Tokens of model calls, by type (input, output).", [*MODEL_LABELS, "type"])
+# Reasons are the few api.services.keys names: missing, malformed, unknown, revoked, expired.
+AUTH_FAILURE_REASONS = ("missing", "malformed", "unknown", "revoked", "expired")
+auth_failures_total = Counter(
+    "auth_failures_total", "Requests refused 401 for want of a valid API key, by reason.", ["reason"])
 log_lines_dropped_total = Counter(
     "log_lines_dropped_total", "Log lines a sink could not take (its queue was full), by sink.",
     ["sink"])
@@ -180,6 +184,17 @@ def build_stopped() -> None:
 def record_invocation(*, status: str, seconds: float) -> None:
     agent_invocations_total.labels(status).inc()
     agent_invocation_duration_seconds.observe(seconds)
+
+
+def expose_auth_failures() -> None:
+    """Every reason's series at 0 from the start (AuthFailuresHigh needs them to compute
+    an increase from the first failure on)."""
+    for reason in AUTH_FAILURE_REASONS:
+        auth_failures_total.labels(reason)
+
+
+def record_auth_failure(*, reason: str) -> None:
+    auth_failures_total.labels(reason).inc()
 
 
 def expose_log_sink(*, sink: str) -> None:

@@ -61,7 +61,8 @@ async def ready(request: Request) -> JSONResponse:
     return ok({**_status("ready"), "checks": {"database": database}})
 
 
-@router.get("/health/detailed", response_model=Envelope[Detailed], responses=errors(api=False))
+@router.get("/health/detailed", response_model=Envelope[Detailed],
+            responses=errors("AUTHENTICATION_REQUIRED", "PERMISSION_DENIED", api=False))
 async def detailed(request: Request) -> JSONResponse:
     settings = request.app.state.settings
     database, aws_credentials = await asyncio.gather(

@@ -62,7 +62,8 @@ class ProjectService(TenantScoped):
         project = await self.store.get_project(tenant_id=self.tenant_id, project_id=project_id)
         if project is None:
             raise NotFound("project", project_id)
-        bind(project_id=project_id, user_id=project["user_id"])
+        bind(project_id=project_id)
+        self.bind_owner(project["user_id"])
         return project
 
     async def _project_and_build(self, project_id: str) -> tuple[Record, Record]:
@@ -71,16 +72,19 @@ class ProjectService(TenantScoped):
                                                                project_id=project_id)
         if found is None:
             raise NotFound("project", project_id)
-        bind(project_id=project_id, user_id=found[0]["user_id"])
+        bind(project_id=project_id)
+        self.bind_owner(found[0]["user_id"])
         return found
 
     async def create(self, *, body: ProjectCreate) -> Record:
         if not self.engine.accepting:
             raise ServiceUnavailable("The service is shutting down and accepts no new builds.")
         project_id = ids.project_id()
-        bind(project_id=project_id, user_id=body.user_id)
+        user_id = self.user_of(body.user_id)
+        bind(project_id=project_id)
+        self.bind_owner(user_id)
         project, build = await self.engine.create(tenant_id=self.tenant_id, project={
-            "project_id": project_id, "user_id": body.user_id,
+            "project_id": project_id, "user_id": user_id,
             "project_name": body.project_name or default_project_name(body.requirement),
             "requirement": body.requirement, "priority": body.priority, "tags": body.tags,
         })

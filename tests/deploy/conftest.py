@@ -1,8 +1,10 @@
 """`scripts/deploy.sh` run as an operator runs it, with every path pointed into tmp_path."""
 
 import os
+import secrets
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +56,18 @@ class Deployment:
             "WORKER_PID_FILE": str(self.worker_pid_file), "BUILD_WORKERS": "0",
         }
         self.base_url = f"http://127.0.0.1:{self.port}"
+        # Production requires keys (AUTH_MODE=api_key): a tenant admin's for the API, and the
+        # OPERATOR_TOKEN that deploy.sh's status probes and the /metrics reads send.
+        self.headers: dict[str, str] = {}
+        self.operator_headers: dict[str, str] = {}
+        if environment == "production":
+            self.env["OPERATOR_TOKEN"] = secrets.token_urlsafe(32)
+            created = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--tenant",
+                                      "default", "--role", "admin", "--name", "deploy-test"],
+                                     env={k: v for k, v in self.env.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
+                                     cwd=REPO, capture_output=True, text=True, check=True)
+            self.headers = {"Authorization": f"Bearer {created.stdout.strip()}"}
+            self.operator_headers = {"Authorization": f"Bearer {self.env['OPERATOR_TOKEN']}"}
 
     def worker_url(self, number: int) -> str:
         """Build worker `number` (1, 2, ...) of BUILD_WORKERS."""

@@ -44,7 +44,7 @@ def test_start_status_logs_stop(deployment: Deployment) -> None:
 
     sent = 12
     for _ in range(sent):
-        assert httpx.get(f"{deployment.base_url}/api/v1/projects").status_code == 200
+        assert httpx.get(f"{deployment.base_url}/api/v1/projects", headers=deployment.headers).status_code == 200
 
     status = deployment.run("status")
     assert status.returncode == 0, status.stdout
@@ -56,7 +56,7 @@ def test_start_status_logs_stop(deployment: Deployment) -> None:
 
     if production:
         # Several workers, one answer: the scrape sums every worker's count.
-        metrics = httpx.get(f"{deployment.base_url}/metrics").text
+        metrics = httpx.get(f"{deployment.base_url}/metrics", headers=deployment.operator_headers).text
         count = sum(sample.value for family in text_string_to_metric_families(metrics)
                     for sample in family.samples
                     if sample.name == "http_requests_total" and sample.labels["route"] == "/api/v1/projects")
@@ -102,7 +102,7 @@ def test_env_file_values_with_spaces_and_quotes_are_data(tmp_path: Path) -> None
         assert started.returncode == 0, started.stderr
         assert not marker.exists()
         # LOG_LEVEL=DEBUG from .env reached the service: debug lines are in its log.
-        httpx.get(f"{deployment.base_url}/api/v1/projects")
+        httpx.get(f"{deployment.base_url}/api/v1/projects", headers=deployment.headers)
         levels = {json.loads(line)["level"] for line in (deployment.logs / "api.log").read_text().splitlines()}
         assert "DEBUG" in levels
         environ = Path(f"/proc/{deployment.pid()}/environ").read_bytes().split(b"\0")
@@ -156,17 +156,17 @@ def _environ(pid: int) -> dict[str, str]:
     return dict(entry.split("=", 1) for entry in entries if "=" in entry)
 
 
-def _samples(url: str, name: str) -> dict[str, float]:
+def _samples(url: str, name: str, headers: dict[str, str]) -> dict[str, float]:
     """The samples of metric `name` at `url`/metrics, by their `status` label ("" without)."""
-    text = httpx.get(f"{url}/metrics").text
+    text = httpx.get(f"{url}/metrics", headers=headers).text
     return {sample.labels.get("status", ""): sample.value
             for family in text_string_to_metric_families(text) for sample in family.samples
             if sample.name == name}
 
 
-def _finished(base_url: str, project_id: str) -> dict[str, Any]:
+def _finished(base_url: str, project_id: str, headers: dict[str, str]) -> dict[str, Any]:
     def finished() -> dict[str, Any] | None:
-        project = httpx.get(f"{base_url}/api/v1/projects/{project_id}").json()["data"]
+        project = httpx.get(f"{base_url}/api/v1/projects/{project_id}", headers=headers).json()["data"]
         return project if project["status"] in ("completed", "failed", "cancelled") else None
 
     return wait_until(finished, what=f"{project_id} to finish")
@@ -199,8 +199,8 @@ def test_build_workers_run_the_builds_while_the_api_only_serves(deployment: Depl
     assert ready.status_code == 200 and ready.json()["data"]["status"] == "ready"
     assert ready.json()["data"]["checks"]["database"]["status"] == "healthy"
     assert httpx.get(f"{deployment.worker_url(2)}/health/live").json()["data"]["status"] == "alive"
-    assert httpx.get(f"{deployment.worker_url(1)}/api/v1/projects").status_code == 404
-    assert _samples(deployment.worker_url(2), "builds_active") == {"": 0}
+    assert httpx.get(f"{deployment.worker_url(1)}/api/v1/projects", headers=deployment.headers).status_code == 404
+    assert _samples(deployment.worker_url(2), "builds_active", deployment.operator_headers) == {"": 0}
 
     again = deployment.run("start", **split)
     assert again.returncode == 0, again.stderr
@@ -217,17 +217,18 @@ def test_build_workers_run_the_builds_while_the_api_only_serves(deployment: Depl
 
     # Projects created through the API are built by the workers (and by nothing else).
     requirements = [REQUIREMENT, OTHER_REQUIREMENT, REQUIREMENT]
-    created = [httpx.post(f"{deployment.base_url}/api/v1/projects", json={"requirement": requirement})
+    created = [httpx.post(f"{deployment.base_url}/api/v1/projects", json={"requirement": requirement},
+                          headers=deployment.headers)
                for requirement in requirements]
     assert [response.status_code for response in created] == [201] * 3
     for response in created:
-        project = _finished(deployment.base_url, response.json()["data"]["project_id"])
+        project = _finished(deployment.base_url, response.json()["data"]["project_id"], deployment.headers)
         assert project["status"] == "completed", project
         assert project["progress"] == 100
-    built = [_samples(deployment.worker_url(number), "builds_total") for number in (1, 2)]
+    built = [_samples(deployment.worker_url(number), "builds_total", deployment.operator_headers) for number in (1, 2)]
     assert sum(samples.get("succeeded", 0) for samples in built) == 3
-    assert _samples(deployment.base_url, "builds_total") == {}
-    agents = httpx.get(f"{deployment.base_url}/api/v1/agents").json()["data"]
+    assert _samples(deployment.base_url, "builds_total", deployment.operator_headers) == {}
+    agents = httpx.get(f"{deployment.base_url}/api/v1/agents", headers=deployment.headers).json()["data"]
     assert agents["count"] == 3
 
     # SIGHUP reopens the workers' log files; it does not end them.

@@ -36,7 +36,7 @@ def test_forced_rotation_under_steady_requests_loses_no_line(deployment: Deploym
     stop = threading.Event()
 
     def steady_requests() -> None:
-        with httpx.Client(base_url=deployment.base_url, timeout=10) as client:
+        with httpx.Client(base_url=deployment.base_url, timeout=10, headers=deployment.headers) as client:
             number = 0
             while not stop.is_set() and number < 2000:
                 request_id = f"rot-{number}"
@@ -93,7 +93,7 @@ def test_rotation_with_a_build_worker_reopens_its_file_too(deployment: Deploymen
         return [line["message"] for line in lines if project_id in (None, line.get("project_id"))]
 
     assert "Nexus-AI build worker started" in messages(previous)
-    with httpx.Client(base_url=deployment.base_url, timeout=10) as client:
+    with httpx.Client(base_url=deployment.base_url, timeout=10, headers=deployment.headers) as client:
         created = client.post("/api/v1/projects", json={"requirement": REQUIREMENT})
         assert created.status_code == 201
         project_id = created.json()["data"]["project_id"]

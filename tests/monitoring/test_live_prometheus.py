@@ -9,7 +9,9 @@ know the dashboard shows data rather than "No data".
 
 import json
 import re
+import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +44,9 @@ VARIABLES = {"$job": "(nexus-ai-api|nexus-ai-worker)", "$instance": ".+", "$__ra
 
 
 
-def _drive_traffic(base: str) -> None:
+def _drive_traffic(base: str, key: str) -> None:
     """Successes and failures of every kind the dashboard and alerts look at."""
-    with httpx.Client(base_url=base, timeout=10) as client:
+    with httpx.Client(base_url=base, timeout=10, headers={"Authorization": f"Bearer {key}"}) as client:
         projects = [client.post("/api/v1/projects", json={"requirement": requirement}).json()["data"]
                     for requirement in (REQUIREMENT, OTHER_REQUIREMENT, REQUIREMENT)]
         stopped = projects[2]["project_id"]
@@ -80,14 +82,22 @@ def prometheus(request: pytest.FixtureRequest, tmp_path: Path, server_factory: A
     """`request.param` (indirect): "embedded" (the default) or "split"."""
     split = getattr(request, "param", "embedded") == "split"
     binary = tool("prometheus", "apt-get install prometheus")
-    server = server_factory(OFFLINE_STAGE_DELAY_SECONDS="0.02", **({"RUN_BUILDS": "false"} if split else {}))
+    # As in production: API keys, and Prometheus scraping with the operator token from a file.
+    token = secrets.token_urlsafe(32)
+    (tmp_path / "operator-token").write_text(token + "\n")
+    secured = {"AUTH_MODE": "api_key", "OPERATOR_TOKEN": token, "OFFLINE_STAGE_DELAY_SECONDS": "0.02"}
+    server = server_factory(**secured, **({"RUN_BUILDS": "false"} if split else {}))
+    key = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--tenant", "default",
+                          "--role", "admin"], env=server.env, cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout.strip()
     worker = None
     if split:
         # On the API's data directory (the same SQLite file), its probes and /metrics on a port
         # of its own.
-        worker = ServerProcess(tmp_path, {"OFFLINE_STAGE_DELAY_SECONDS": "0.02"}, BUILD_WORKER).start()
+        worker = ServerProcess(tmp_path, secured, BUILD_WORKER).start()
     try:
-        _drive_traffic(server.base_url)
+        assert httpx.get(f"{server.base_url}/metrics").status_code == 401  # Prometheus needs the file
+        _drive_traffic(server.base_url, key)
 
         # The shipped configuration and rules, pointed at the test servers and sped up.
         config = yaml.safe_load((ROOT / "monitoring" / "prometheus.yml").read_text())
@@ -99,6 +109,8 @@ def prometheus(request: pytest.FixtureRequest, tmp_path: Path, server_factory: A
         targets = {"nexus-ai-api": server, "nexus-ai-worker": worker}
         for name, job in jobs.items():
             job["scrape_interval"] = "1s"
+            assert job["authorization"] == {"credentials_file": "/etc/prometheus/nexus-ai-operator-token"}
+            job["authorization"]["credentials_file"] = str(tmp_path / "operator-token")
             if targets[name]:
                 job["static_configs"] = [{"targets": [f"127.0.0.1:{targets[name].port}"]}]
         if not split:

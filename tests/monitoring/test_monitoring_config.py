@@ -100,8 +100,19 @@ def dashboard_exprs() -> list[str]:
 
 
 # -- Prometheus --------------------------------------------------------------------------------
-def test_prometheus_config_is_valid() -> None:
-    assert_ok(run(promtool(), "check", "config", "monitoring/prometheus.yml"))
+TOKEN_FILE = "/etc/prometheus/nexus-ai-operator-token"
+
+
+def test_prometheus_config_is_valid(tmp_path: Path) -> None:
+    """As shipped, with its operator token file (which promtool requires to exist) put where
+    the test can write it, and its rule file where the copy can find it."""
+    config = (MONITORING / "prometheus.yml").read_text()
+    assert config.count(f"credentials_file: {TOKEN_FILE}") == 2  # every job sends it
+    (tmp_path / "token").write_text("example-token\n")
+    (tmp_path / "prometheus.yml").write_text(
+        config.replace(TOKEN_FILE, str(tmp_path / "token"))
+        .replace("  - alert-rules.yml", f"  - {MONITORING / 'alert-rules.yml'}"))
+    assert_ok(run(promtool(), "check", "config", str(tmp_path / "prometheus.yml")))
 
 
 def test_prometheus_config_scrapes_the_api_and_feeds_alertmanager() -> None:

@@ -94,7 +94,7 @@ def test_a_real_run_writes_only_json_lines_that_the_guide_commands_find(server_f
 
 
 def test_production_writes_one_access_line_per_request(server_factory: Serve) -> None:
-    server = server_factory(ENVIRONMENT="production")
+    server = server_factory(ENVIRONMENT="production", AUTH_MODE="none")  # production without keys, on loopback
     with httpx.Client(base_url=server.base_url, timeout=10) as client:
         statuses = [client.get("/api/v1/projects").status_code for _ in range(5)]
         statuses += [client.get("/nope").status_code for _ in range(2)]

@@ -27,7 +27,7 @@ class StalledServer(ServerProcess):
     """The service with LOG_STDOUT=true in production mode, its stdout a pipe left unread."""
 
     def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir, {"ENVIRONMENT": "production", "LOG_STDOUT": "true"},
+        super().__init__(workdir, {"ENVIRONMENT": "production", "AUTH_MODE": "none", "LOG_STDOUT": "true"},
                          stdout=subprocess.PIPE)
 
     def dropped(self) -> float:

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from api.dependencies import current_tenant
 from api.providers.base import ModelError, ModelReply, ModelRequest, TextDelta
 from api.providers.offline import OfflineProvider
-from tests.conftest import REQUIREMENT, Api, ServerProcess, sse_events
+from tests.conftest import REQUIREMENT, Api, ServerProcess, make_settings, serving, sse_events
+from tests.routers.test_tenant_scope import use_key
 
 HOLD, FAIL = "[hold]", "[fail]"
 KEY = {"Idempotency-Key": "6f1c2d4e-8a9b-4c3d-9e8f-0a1b2c3d4e5f"}
@@ -168,19 +168,18 @@ async def test_an_invalid_key_is_a_validation_error(api: Api, key: str) -> None:
     assert (await api.call("GET", "/api/v1/projects"))["count"] == 0
 
 
-async def test_keys_are_the_tenants_own(app: Any, api: Api) -> None:
-    first = await post(api, "/api/v1/projects", {"requirement": REQUIREMENT})
-
-    async def globex() -> str:
-        return "globex"
-
-    app.dependency_overrides[current_tenant] = globex
-    theirs = await post(api, "/api/v1/projects", {"requirement": REQUIREMENT})
-    assert theirs.status_code == 201 and "idempotent-replayed" not in theirs.headers
-    assert theirs.json()["data"]["tenant_id"] == "globex"
-    assert theirs.json()["data"]["project_id"] != first.json()["data"]["project_id"]
-    app.dependency_overrides.clear()
-    assert (await post(api, "/api/v1/projects", {"requirement": REQUIREMENT})).content == first.content
+async def test_keys_are_the_tenants_own(tmp_path: Path) -> None:
+    async with serving(make_settings(tmp_path, auth_mode="api_key")) as (app, api):
+        await use_key(app, api, "default", role="builder")
+        first = await post(api, "/api/v1/projects", {"requirement": REQUIREMENT})
+        default_key = api.client.headers["Authorization"]
+        await use_key(app, api, "globex", role="builder")
+        theirs = await post(api, "/api/v1/projects", {"requirement": REQUIREMENT})
+        assert theirs.status_code == 201 and "idempotent-replayed" not in theirs.headers
+        assert theirs.json()["data"]["tenant_id"] == "globex"
+        assert theirs.json()["data"]["project_id"] != first.json()["data"]["project_id"]
+        api.client.headers["Authorization"] = default_key
+        assert (await post(api, "/api/v1/projects", {"requirement": REQUIREMENT})).content == first.content
 
 
 async def test_concurrent_retries_on_two_instances_create_one_project(

@@ -11,7 +11,7 @@ from jsonschema import Draft202012Validator
 
 from tests.conftest import Api, sse_events
 
-OPERATION_ID = re.compile(r"^(projects|agents|sessions|statistics|health)-[a-z_]+$")
+OPERATION_ID = re.compile(r"^(projects|agents|sessions|statistics|keys|health)-[a-z_]+$")
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def error_codes(response: dict[str, Any]) -> list[str]:
 
 
 def test_every_operation_documents_a_typed_body_and_its_errors(schema: dict[str, Any]) -> None:
-    assert len(operations(schema)) == 31
+    assert len(operations(schema)) == 34
     for method, path, operation in operations(schema):
         assert OPERATION_ID.match(operation["operationId"]), operation["operationId"]
         responses = operation["responses"]
@@ -51,6 +51,7 @@ def test_every_operation_documents_a_typed_body_and_its_errors(schema: dict[str,
         assert "INTERNAL_ERROR" in errors.pop("500"), (method, path)
         if path.startswith("/api/v1/"):
             assert "VALIDATION_ERROR" in errors["400"] and "DATABASE_ERROR" in errors["503"]
+            assert (errors["401"], errors["403"]) == (["AUTHENTICATION_REQUIRED"], ["PERMISSION_DENIED"])
         if "{" in path:
             assert errors["404"] == ["RESOURCE_NOT_FOUND"], (method, path)
         if "requestBody" in operation:
@@ -132,6 +133,10 @@ async def test_every_answer_is_what_its_operation_documents(schema: dict[str, An
     session = await call("agents-create_session", "POST", f"{agents}/sessions", json={"metadata": {"k": 1}})
     sessions = f"/api/v1/sessions/{session['session_id']}"
     await call("sessions-post_message", "POST", f"{sessions}/messages", json={"content": "hello"})
+    key = await call("keys-create_key", "POST", "/api/v1/keys", json={"role": "viewer", "name": "docs"})
+    await call("keys-list_keys", "GET", "/api/v1/keys")
+    await call("keys-revoke_key", "DELETE", f"/api/v1/keys/{key['key_id']}")
+    await call("keys-revoke_key", "DELETE", "/api/v1/keys/0000000000000000")
     await call("sessions-list_messages", "GET", f"{sessions}/messages")
     await call("sessions-get_session", "GET", sessions)
     await call("agents-list_sessions", "GET", f"{agents}/sessions")
@@ -171,3 +176,18 @@ async def test_a_streamed_answer_is_served_as_documented(app: Any, api: Api) -> 
         assert [name for name, _ in events][-1] == "done"
         for name, data in events:
             Draft202012Validator(schema).validate({"event": name, "data": json.dumps(data)})
+
+
+@pytest.mark.parametrize("settings_overrides", [{"auth_mode": "api_key"}])
+async def test_refusals_are_what_the_operations_document(app: Any, schema: dict[str, Any], api: Api) -> None:
+    call = Checked(schema, api)
+    await call("projects-list_projects", "GET", "/api/v1/projects")  # no key: 401
+    await call("health-detailed", "GET", "/health/detailed")
+    _, token = await app.state.key_service.create(tenant_id="default", role="viewer")
+    api.client.headers["Authorization"] = f"Bearer {token}"
+    await call("projects-create_project", "POST", "/api/v1/projects",
+               json={"requirement": "Build an agent that triages support tickets"})  # 403
+    await call("keys-list_keys", "GET", "/api/v1/keys")
+    await call("health-detailed", "GET", "/health/detailed")
+    assert call.checked == {"projects-list_projects", "health-detailed", "projects-create_project",
+                            "keys-list_keys"}

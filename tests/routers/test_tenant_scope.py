@@ -1,17 +1,24 @@
-"""The request's tenant, decided by one dependency (`api.dependencies.current_tenant`), scopes
-every route: what one tenant wrote, another neither reads, lists, invokes nor deletes, and each
-sees its own statistics. Until access control lands every request is the default tenant's;
-here the dependency answers another tenant for some requests, as an API key will."""
+"""The request's tenant, its API key's, scopes every route: what one tenant wrote, another
+neither reads, lists, invokes nor deletes (404, as if it did not exist), and each sees its own
+statistics."""
 
 from pathlib import Path
+from typing import Any
 
 from api.database.store import DEFAULT_TENANT
-from api.dependencies import current_tenant
-from tests.conftest import make_settings, serving
+from tests.conftest import Api, make_settings, serving
+
+
+async def use_key(app: Any, api: Api, tenant_id: str, role: str = "admin") -> None:
+    """Make the client act with a new key of `tenant_id`."""
+    _, token = await app.state.key_service.create(tenant_id=tenant_id, role=role)
+    api.client.headers["Authorization"] = f"Bearer {token}"
 
 
 async def test_every_route_is_scoped_by_the_requests_tenant(tmp_path: Path) -> None:
-    async with serving(make_settings(tmp_path, offline_stage_delay_seconds=0)) as (app, api):
+    settings = make_settings(tmp_path, offline_stage_delay_seconds=0, auth_mode="api_key")
+    async with serving(settings) as (app, api):
+        await use_key(app, api, DEFAULT_TENANT)
         project = await api.create_project()
         assert project["tenant_id"] == DEFAULT_TENANT
         built = await api.wait_status(project["project_id"], "completed")
@@ -21,10 +28,8 @@ async def test_every_route_is_scoped_by_the_requests_tenant(tmp_path: Path) -> N
         await api.call("POST", f"/api/v1/agents/{agent['agent_id']}/invoke",
                        json={"input_text": "What can you do?"})
 
-        async def globex() -> str:
-            return "globex"
-
-        app.dependency_overrides[current_tenant] = globex
+        default_key = api.client.headers["Authorization"]
+        await use_key(app, api, "globex")
         project_id, agent_id = project["project_id"], agent["agent_id"]
         for path in (f"/api/v1/projects/{project_id}", f"/api/v1/projects/{project_id}/builds",
                      f"/api/v1/projects/{project_id}/stages", f"/api/v1/projects/{project_id}/artifacts",
@@ -49,7 +54,7 @@ async def test_every_route_is_scoped_by_the_requests_tenant(tmp_path: Path) -> N
             own["project_id"]]
 
         # The default tenant's records are untouched, and its statistics are its own.
-        del app.dependency_overrides[current_tenant]
+        api.client.headers["Authorization"] = default_key
         assert (await api.project(project_id))["latest_build_id"] == built["latest_build_id"]
         assert (await api.call("GET", f"/api/v1/agents/{agent_id}"))["runtime_stats"][
             "total_invocations"] == 1

@@ -30,8 +30,9 @@ LOGS_SK = "#LOGS"
 # A project's build references sort just before the project item: one Query reads both.
 BUILD_REF = "#BUILD#"
 FAILED_STAGE_PREFIX = "failed_stage#"
-# Partitions shared by every tenant: cleanup markers, each engine's lease rows (LEASE#<owner>)
-# and the claim loop's gsi2 partition of active builds.
+# Partitions shared by every tenant: cleanup markers, each engine's lease rows (LEASE#<owner>),
+# the claim loop's gsi2 partition of active builds, and API keys (APIKEY#<key_id>, looked up
+# before the caller's tenant is known; api_keys.py).
 CLEANUP_PK = "CLEANUP"
 ACTIVE_BUILDS = "BUILDS#active"
 # Every other partition key, of the table and of its indexes, starts with its tenant's scope,

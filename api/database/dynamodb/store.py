@@ -3,6 +3,7 @@
 import logging
 
 from api.database.dynamodb.agents import DynamoDBAgents
+from api.database.dynamodb.api_keys import DynamoDBApiKeys
 from api.database.dynamodb.idempotency import DynamoDBIdempotency
 from api.database.dynamodb.keys import CLEANUP_PK, _parse_cleanup_sk
 from api.database.dynamodb.layout import DynamoDBLayout
@@ -16,7 +17,7 @@ logger = logging.getLogger("api.database.dynamodb")
 
 
 class DynamoDBStore(DynamoDBProjects, DynamoDBLeases, DynamoDBAgents, DynamoDBSessions,
-                    DynamoDBStatistics, DynamoDBIdempotency, DynamoDBLayout, Store):
+                    DynamoDBStatistics, DynamoDBIdempotency, DynamoDBApiKeys, DynamoDBLayout, Store):
     """The store `STORAGE_BACKEND=dynamodb` runs."""
 
     async def _finish_interrupted_deletes(self) -> None:

@@ -1,0 +1,126 @@
+"""Who may do what: every request's principal, decided once, before anything else reads it.
+
+With AUTH_MODE=none (the development default, served on loopback only) every request is the
+default tenant's admin, unnamed: records keep the `user_id` their bodies name. With
+AUTH_MODE=api_key:
+- the probes (`/health`, `/health/live`, `/health/ready`) stay open, for orchestrators;
+- the operations endpoints (`/health/detailed`, `/metrics`, `/docs`, `/redoc`,
+  `/openapi.json` and the pages' files) need an operator key, or OPERATOR_TOKEN (Prometheus);
+- everything else needs a key (`Authorization: Bearer <key>` or `X-API-Key: <key>`) whose role
+  covers the request (`required_role`); an operator key reads the platform-wide statistics
+  and nothing else of the API.
+The principal goes into the request's scope (`state.principal`), where the dependencies and
+the idempotency middleware read it, and its tenant and user into the log context.
+"""
+
+import hmac
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from api.core.context import bind
+from api.core.envelope import error_response
+from api.core.principal import OPERATOR, Principal
+from api.core.store_errors import StoreError
+from api.database.store import DEFAULT_TENANT
+from api.observability import metrics
+from api.services.keys import AuthenticationFailed, KeyService
+
+PROBES = frozenset({"/health", "/health/live", "/health/ready"})
+OPERATIONS = frozenset({"/health/detailed", "/metrics", "/docs", "/docs/oauth2-redirect",
+                        "/redoc", "/openapi.json"})
+OPERATIONS_PREFIXES = ("/docs/static/",)
+OPERATOR_STATISTICS = "/api/v1/statistics/"
+# What every request is without keys.
+UNAUTHENTICATED = Principal(tenant_id=DEFAULT_TENANT, role="admin", user_id=None)
+# OPERATOR_TOKEN: Prometheus's scrape credential, an operator without a key.
+OPERATOR_TOKEN_PRINCIPAL = Principal(tenant_id=None, role=OPERATOR, user_id="operator-token")
+
+
+def required_role(method: str, path: str) -> str:
+    """The tenant role an API request needs: reading is a viewer's; creating, controlling,
+    invoking and writing sessions a builder's; deleting, setting an agent's status and
+    managing keys an admin's (docs/SECURITY.md)."""
+    if path.startswith("/api/v1/keys"):
+        return "admin"
+    if method in ("GET", "HEAD"):
+        return "viewer"
+    if method == "DELETE" or (method == "PUT" and path.startswith("/api/v1/agents/")
+                              and path.endswith("/status")):
+        return "admin"
+    return "builder"
+
+
+def _credential(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" else ""
+        if name == b"x-api-key":
+            return value.decode("latin-1").strip()
+    return None
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+        principal = UNAUTHENTICATED
+        if state.settings.auth_mode == "api_key" and scope["path"] not in PROBES:
+            decided = await self._principal(scope, state.key_service, state.settings)
+            if not isinstance(decided, Principal):
+                await decided(scope, receive, send)
+                return
+            principal = decided
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+    async def _principal(self, scope: Scope, keys: KeyService, settings: Any) -> Any:
+        """The request's principal, or the error response to answer instead."""
+        path, method = scope["path"], scope["method"]
+        operations = path in OPERATIONS or path.startswith(OPERATIONS_PREFIXES)
+        token = _credential(scope)
+        if not token:
+            return self._refuse("missing" if token is None else "malformed")
+        operator_token = settings.operator_token
+        if (operations and operator_token is not None
+                and hmac.compare_digest(token.encode(), operator_token.get_secret_value().encode())):
+            bind(user_id=OPERATOR_TOKEN_PRINCIPAL.user_id)
+            return OPERATOR_TOKEN_PRINCIPAL
+        try:
+            principal = await keys.authenticate(token)
+        except AuthenticationFailed as failed:
+            return self._refuse(failed.reason)
+        except StoreError:
+            return error_response("DATABASE_ERROR", "The database could not check the API key.")
+        # Every line of the request names the key's user, its refusal too.
+        bind(tenant_id=principal.tenant_id, user_id=principal.user_id)
+        if operations or principal.role == OPERATOR:
+            allowed = principal.role == OPERATOR and (
+                operations or (method in ("GET", "HEAD") and path.startswith(OPERATOR_STATISTICS)))
+            needed = OPERATOR if operations else "a tenant's role"
+        else:
+            needed = required_role(method, path)
+            allowed = principal.may(needed)
+        if not allowed:
+            return error_response("PERMISSION_DENIED", f"This key's role ({principal.role}) may not "
+                                  f"{method} {path}: it needs {needed}.")
+        return principal
+
+    @staticmethod
+    def _refuse(reason: str) -> Any:
+        metrics.record_auth_failure(reason=reason)
+        messages = {
+            "missing": "This request needs an API key: send Authorization: Bearer <key> or X-API-Key.",
+            "malformed": "The API key is not one this service issues (nxk_<key id>_<secret>).",
+            "unknown": "The API key is not valid.",
+            "revoked": "The API key was revoked.",
+            "expired": "The API key has expired.",
+        }
+        return error_response("AUTHENTICATION_REQUIRED", messages[reason],
+                              headers={"WWW-Authenticate": 'Bearer realm="nexus-ai"'})
