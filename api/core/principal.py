@@ -9,6 +9,8 @@ TENANT_ROLES = ("viewer", "builder", "admin")
 # Bound to no tenant: reads /metrics, /health/detailed and the platform-wide statistics.
 OPERATOR = "operator"
 ROLES = (*TENANT_ROLES, OPERATOR)
+# The orchestrators' probes: open to everyone in every mode, the only paths that need no key.
+PROBES = frozenset({"/health", "/health/live", "/health/ready"})
 # A tenant's name: an identifier, so that it fits every backend's keys (no '#').
 TENANT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 

@@ -20,13 +20,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.core.context import bind
 from api.core.envelope import error_response
-from api.core.principal import OPERATOR, Principal
+from api.core.principal import OPERATOR, PROBES, Principal
 from api.core.store_errors import StoreError
 from api.database.store import DEFAULT_TENANT
 from api.observability import metrics
 from api.services.keys import AuthenticationFailed, KeyService
 
-PROBES = frozenset({"/health", "/health/live", "/health/ready"})
 OPERATIONS = frozenset({"/health/detailed", "/metrics", "/docs", "/docs/oauth2-redirect",
                         "/redoc", "/openapi.json"})
 OPERATIONS_PREFIXES = ("/docs/static/",)

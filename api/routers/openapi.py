@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from api.core.envelope import ERROR_CODES
+from api.core.principal import PROBES
 from api.schemas.common import EXAMPLES
 from api.schemas.envelope import ErrorEnvelope
 
@@ -27,7 +28,8 @@ WRITE_ERRORS = ("PAYLOAD_TOO_LARGE", "RESOURCE_CONFLICT")
 IDEMPOTENCY_ERRORS = ("IDEMPOTENCY_KEY_REUSED", "IDEMPOTENCY_KEY_IN_USE")
 IDEMPOTENT = {"parameters": [{
     "name": "Idempotency-Key", "in": "header", "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[!-~]+$"},
+    # HTTP drops the spaces and tabs around a header's value before the service sees it.
+    "schema": {"type": "string", "pattern": "^[ \t]*[!-~]{1,255}[ \t]*$"},
     "description": "Makes a retry safe: the same key with the same request within 24 h answers "
                    "the first answer again (header `Idempotent-Replayed: true`) and creates nothing; "
                    "with another request, 409 IDEMPOTENCY_KEY_REUSED; while the first still runs, "
@@ -102,6 +104,18 @@ def _drop_fastapi_422(schema: dict[str, Any]) -> None:
         schema["components"]["schemas"].pop(name, None)
 
 
+def _declare_api_keys(schema: dict[str, Any]) -> None:
+    """With AUTH_MODE=api_key: the key every operation but the probes needs, as the server
+    answers (api.middleware.auth); clients and Schemathesis's `ignored_auth` read it."""
+    schema["components"]["securitySchemes"] = {"ApiKey": {
+        "type": "http", "scheme": "bearer",
+        "description": "An API key, `nxk_<key id>_<secret>` (also accepted as `X-API-Key`)"}}
+    for path, methods in schema["paths"].items():
+        if path not in PROBES:
+            for operation in methods.values():
+                operation["security"] = [{"ApiKey": []}]
+
+
 def install(app: FastAPI) -> None:
     """Serve the document above at /openapi.json (FastAPI's own, amended once and cached)."""
     generate = app.openapi
@@ -113,6 +127,8 @@ def install(app: FastAPI) -> None:
             envelope = ErrorEnvelope.model_json_schema(ref_template="#/components/schemas/{model}")
             schema["components"]["schemas"].update(envelope.pop("$defs"), ErrorEnvelope=envelope)
             _put_back_examples(schema)
+            if app.state.settings.auth_mode == "api_key":
+                _declare_api_keys(schema)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

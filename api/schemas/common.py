@@ -21,8 +21,9 @@ class Documented(BaseModel):
 
 
 class StrictModel(Documented):
-    # An unknown field is a typo the client wants to hear about, not silently dropped.
-    model_config = ConfigDict(extra="forbid")
+    # An unknown field is a typo the client wants to hear about, not silently dropped; and a
+    # value of another JSON type is refused, not coerced (`"priority": true` is not 1).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]

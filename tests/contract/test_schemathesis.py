@@ -5,10 +5,15 @@ Every phase (examples, coverage, fuzzing, stateful) with the checks, seed and ti
 curl command that reproduces it.
 """
 
+import json
 import re
+import secrets
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import httpx
 
 from tests.conftest import REPO, ServerProcess
 from tests.tooling import tool
@@ -20,10 +25,20 @@ RUN_TIMEOUT_SECONDS = 420  # the config's max-time (150 s) and the phases that r
 def test_schemathesis_finds_nothing_against_a_live_server(
         server_factory: Callable[..., ServerProcess], tmp_path: Path) -> None:
     schemathesis = tool("schemathesis", "pip install -e '.[test]'")
-    server = server_factory(OFFLINE_STAGE_DELAY_SECONDS="0", ENVIRONMENT="production", AUTH_MODE="none",
-                            LOG_DIR=str(tmp_path / "logs"))
+    # Production: API keys. An admin's key reaches every operation; the document is an operator's.
+    token = secrets.token_urlsafe(32)
+    server = server_factory(OFFLINE_STAGE_DELAY_SECONDS="0", ENVIRONMENT="production",
+                            OPERATOR_TOKEN=token, LOG_DIR=str(tmp_path / "logs"))
+    key = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--tenant", "default",
+                          "--role", "admin", "--name", "schemathesis"], env=server.env, cwd=tmp_path,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    document = tmp_path / "openapi.json"
+    document.write_bytes(httpx.get(f"{server.base_url}/openapi.json",
+                                   headers={"Authorization": f"Bearer {token}"}).content)
+    assert json.loads(document.read_text())["components"]["securitySchemes"]["ApiKey"]["scheme"] == "bearer"
     result = subprocess.run(
-        [schemathesis, "--config-file", str(CONFIG), "run", f"{server.base_url}/openapi.json",
+        [schemathesis, "--config-file", str(CONFIG), "run", str(document), "--url", server.base_url,
+         "--header", f"Authorization: Bearer {key}",
          "--report", "junit", "--report-dir", str(tmp_path / "report")],
         capture_output=True, text=True, timeout=RUN_TIMEOUT_SECONDS, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-3000:]

@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
 from api.config import Settings
-from api.middleware.auth import PROBES
+from api.core.principal import PROBES
 from tests.conftest import REQUIREMENT, Api, make_settings, serving, wait_for
 
 # The tenant role each operation needs ("open": the probes; "operator": the operations

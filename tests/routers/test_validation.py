@@ -147,6 +147,14 @@ BODY_CASES = [
     case("POST", MESSAGES, "content", json={"content": ""}, id="message-content-empty"),
     case("POST", MESSAGES, "content", json={}, id="message-content-missing"),
     case("POST", MESSAGES, "content", json={"content": "x" * 10001}, id="message-content-10001"),
+    case("POST", "/api/v1/keys", "expires_days", json={"role": "viewer", "expires_days": True},
+         id="key-expires_days-true"),
+    case("POST", PROJECTS, "priority", json={**VALID, "priority": True}, id="priority-true"),
+    case("POST", PROJECTS, "priority", json={**VALID, "priority": "3"}, id="priority-text"),
+    case("POST", "/api/v1/keys", "expires_days", json={"role": "viewer", "expires_days": 0},
+         id="key-expires_days-0"),
+    case("POST", "/api/v1/keys", "role", json={"role": "operator"}, id="key-role-operator"),
+    case("POST", "/api/v1/keys", "name", json={"role": "viewer", "name": "n" * 81}, id="key-name-81"),
 ]
 
 LISTS = {
