@@ -21,8 +21,10 @@ from api.services.keys import KeyService
 
 
 def _host(settings: Settings, host: str | None, default: str | None) -> str:
-    """The address to listen on; refused without keys unless it is a loopback one."""
-    chosen = host or default or "127.0.0.1"
+    """The address to listen on (`--host`, else the setting, which Settings resolves and has
+    already checked); refused without keys unless it is a loopback one."""
+    chosen = host or default
+    assert chosen is not None
     if settings.auth_mode == "none" and not is_loopback(chosen):
         sys.exit(f"nexus-ai: AUTH_MODE=none serves everyone who can reach {chosen}: listen on "
                  "127.0.0.1, or set AUTH_MODE=api_key and create a key (nexus-ai keys create)")

@@ -23,7 +23,7 @@ from api.database.factory import create_store
 from api.dependencies import count_api_call, refuse_unknown_query_params
 from api.engine.build_engine import BuildEngine
 from api.engine.stage_work import StageWorker
-from api.middleware.auth import AuthMiddleware
+from api.middleware.auth import REFUSALS, AuthMiddleware
 from api.middleware.body_limit import BodySizeLimitMiddleware
 from api.middleware.idempotency import IdempotencyMiddleware
 from api.observability.model_probe import ModelProbe
@@ -107,7 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if serves_api:
         api_calls.start()
     _drain_on_sigterm(app, settings.shutdown_drain_seconds)
-    metrics.expose_auth_failures()
+    metrics.expose_auth_failures(REFUSALS)
     if settings.auth_mode == "api_key" and serves_api and not await store.list_api_keys(tenant_id=None):
         logger.warning("AUTH_MODE=api_key and no API key exists yet: the API answers 401 "
                        "until one does. Create the first with `nexus-ai keys create --tenant "

@@ -22,7 +22,6 @@ class Principal:
     # The key's name, else its id: the records' and the log lines' `user_id`. None without
     # keys, where records keep the `user_id` their bodies name.
     user_id: str | None
-    key_id: str | None = None
 
     def may(self, needed: str) -> bool:
         """Whether this principal's role includes the tenant role `needed`."""

@@ -14,10 +14,11 @@ the idempotency middleware read it, and its tenant and user into the log context
 """
 
 import hmac
-from typing import Any
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.config import Settings
 from api.core.context import bind
 from api.core.envelope import error_response
 from api.core.principal import OPERATOR, PROBES, Principal
@@ -34,6 +35,14 @@ OPERATOR_STATISTICS = "/api/v1/statistics/"
 UNAUTHENTICATED = Principal(tenant_id=DEFAULT_TENANT, role="admin", user_id=None)
 # OPERATOR_TOKEN: Prometheus's scrape credential, an operator without a key.
 OPERATOR_TOKEN_PRINCIPAL = Principal(tenant_id=None, role=OPERATOR, user_id="operator-token")
+# A 401's message, by the reason auth_failures_total counts it under.
+REFUSALS = {
+    "missing": "This request needs an API key: send Authorization: Bearer <key> or X-API-Key.",
+    "malformed": "The API key is not one this service issues (nxk_<key id>_<secret>).",
+    "unknown": "The API key is not valid.",
+    "revoked": "The API key was revoked.",
+    "expired": "The API key has expired.",
+}
 
 
 def required_role(method: str, path: str) -> str:
@@ -79,7 +88,8 @@ class AuthMiddleware:
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
-    async def _principal(self, scope: Scope, keys: KeyService, settings: Any) -> Any:
+    async def _principal(self, scope: Scope, keys: KeyService,
+                         settings: Settings) -> Principal | Response:
         """The request's principal, or the error response to answer instead."""
         path, method = scope["path"], scope["method"]
         operations = path in OPERATIONS or path.startswith(OPERATIONS_PREFIXES)
@@ -112,14 +122,7 @@ class AuthMiddleware:
         return principal
 
     @staticmethod
-    def _refuse(reason: str) -> Any:
+    def _refuse(reason: str) -> Response:
         metrics.record_auth_failure(reason=reason)
-        messages = {
-            "missing": "This request needs an API key: send Authorization: Bearer <key> or X-API-Key.",
-            "malformed": "The API key is not one this service issues (nxk_<key id>_<secret>).",
-            "unknown": "The API key is not valid.",
-            "revoked": "The API key was revoked.",
-            "expired": "The API key has expired.",
-        }
-        return error_response("AUTHENTICATION_REQUIRED", messages[reason],
+        return error_response("AUTHENTICATION_REQUIRED", REFUSALS[reason],
                               headers={"WWW-Authenticate": 'Bearer realm="nexus-ai"'})

@@ -110,8 +110,7 @@ model_time_to_first_token_seconds = Histogram(
     MODEL_LABELS, buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 model_tokens_total = Counter(
     "model_tokens_total", "Tokens of model calls, by type (input, output).", [*MODEL_LABELS, "type"])
-# Reasons are the few api.services.keys names: missing, malformed, unknown, revoked, expired.
-AUTH_FAILURE_REASONS = ("missing", "malformed", "unknown", "revoked", "expired")
+# Reasons are the few api.middleware.auth names (its REFUSALS): labels stay bounded.
 auth_failures_total = Counter(
     "auth_failures_total", "Requests refused 401 for want of a valid API key, by reason.", ["reason"])
 log_lines_dropped_total = Counter(
@@ -186,10 +185,10 @@ def record_invocation(*, status: str, seconds: float) -> None:
     agent_invocation_duration_seconds.observe(seconds)
 
 
-def expose_auth_failures() -> None:
+def expose_auth_failures(reasons: Iterable[str]) -> None:
     """Every reason's series at 0 from the start (AuthFailuresHigh needs them to compute
     an increase from the first failure on)."""
-    for reason in AUTH_FAILURE_REASONS:
+    for reason in reasons:
         auth_failures_total.labels(reason)
 
 

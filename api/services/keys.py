@@ -16,6 +16,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from api.core.clock import iso_timestamp, utc_now
@@ -42,13 +43,11 @@ def _hash(secret: str) -> str:
 
 def public(key: ApiKey) -> dict[str, Any]:
     """A key as the API and the command line show it: everything but the secret's hash."""
-    return {"key_id": key.key_id, "tenant_id": key.tenant_id, "role": key.role, "name": key.name,
-            "created_at": key.created_at, "expires_at": key.expires_at, "revoked_at": key.revoked_at}
+    return {name: value for name, value in asdict(key).items() if name != "secret_hash"}
 
 
 def principal_of(key: ApiKey) -> Principal:
-    return Principal(tenant_id=key.tenant_id, role=key.role, user_id=key.name or key.key_id,
-                     key_id=key.key_id)
+    return Principal(tenant_id=key.tenant_id, role=key.role, user_id=key.name or key.key_id)
 
 
 class KeyService:

@@ -3,6 +3,8 @@ authenticated request's cache miss with one GetItem), listed through gsi1 per te
 (`T#<tenant>#APIKEYS`) and gsi3 platform-wide (`APIKEYS`), oldest first. Keys are few: a
 listing reads them all."""
 
+from dataclasses import asdict, fields
+
 from api.database.dynamodb.client import DynamoDBClient, _Refused
 from api.database.dynamodb.codec import Item, _s, _text
 from api.database.dynamodb.expressions import _Expression
@@ -11,7 +13,8 @@ from api.database.store import ApiKey
 
 API_KEY_SK = "#APIKEY"
 ALL_KEYS = "APIKEYS"
-_OPTIONAL = ("tenant_id", "name", "expires_at", "revoked_at")
+# Every field of the record is a string or None (an absent attribute).
+_FIELDS = tuple(field.name for field in fields(ApiKey))
 
 
 def _item_key(key_id: str) -> Item:
@@ -19,10 +22,7 @@ def _item_key(key_id: str) -> Item:
 
 
 def _api_key(item: Item) -> ApiKey:
-    return ApiKey(key_id=_text(item, "key_id") or "", role=_text(item, "role") or "",
-                  secret_hash=_text(item, "secret_hash") or "",
-                  created_at=_text(item, "created_at") or "",
-                  **{name: _text(item, name) for name in _OPTIONAL})
+    return ApiKey(**{name: _text(item, name) for name in _FIELDS})  # type: ignore[arg-type]
 
 
 class DynamoDBApiKeys(DynamoDBClient):
@@ -30,10 +30,8 @@ class DynamoDBApiKeys(DynamoDBClient):
 
     async def put_api_key(self, *, key: ApiKey) -> None:
         position = _s(_position(key.created_at, key.key_id))
-        item: Item = {**_item_key(key.key_id), "key_id": _s(key.key_id), "role": _s(key.role),
-                      "secret_hash": _s(key.secret_hash), "created_at": _s(key.created_at),
-                      "gsi3pk": _s(ALL_KEYS), "gsi3sk": position}
-        item.update({name: _s(value) for name in _OPTIONAL if (value := getattr(key, name)) is not None})
+        item: Item = {**_item_key(key.key_id), "gsi3pk": _s(ALL_KEYS), "gsi3sk": position,
+                      **{name: _s(value) for name, value in asdict(key).items() if value is not None}}
         if key.tenant_id is not None:
             item.update({"gsi1pk": _s(f"{_scope(key.tenant_id)}APIKEYS"), "gsi1sk": position})
         expression = _Expression()

@@ -1,11 +1,14 @@
 """API keys on SQLite: a row per key, by its id."""
 
 import sqlite3
+from dataclasses import astuple, fields
 
 from api.database.sqlite.connection import SQLiteConnection
 from api.database.store import ApiKey
 
-_COLUMNS = "key_id, tenant_id, role, name, secret_hash, created_at, expires_at, revoked_at"
+# The table's columns are the record's fields (migration 0007).
+_FIELDS = tuple(field.name for field in fields(ApiKey))
+_COLUMNS = ", ".join(_FIELDS)
 
 
 def _key(row: sqlite3.Row) -> ApiKey:
@@ -17,9 +20,8 @@ class SQLiteApiKeys(SQLiteConnection):
 
     async def put_api_key(self, *, key: ApiKey) -> None:
         await self._write("put_api_key", lambda conn: conn.execute(
-            f"INSERT INTO api_keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (key.key_id, key.tenant_id, key.role, key.name, key.secret_hash, key.created_at,
-             key.expires_at, key.revoked_at)))
+            f"INSERT INTO api_keys ({_COLUMNS}) VALUES ({', '.join('?' * len(_FIELDS))})",
+            astuple(key)))
 
     async def get_api_key(self, *, key_id: str) -> ApiKey | None:
         def read(conn: sqlite3.Connection) -> ApiKey | None:
