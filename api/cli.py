@@ -12,12 +12,14 @@ from pydantic import ValidationError
 from uvicorn.supervisors import Multiprocess
 
 from api.config import Settings, get_settings, is_loopback
+from api.core.errors import NotFound
 from api.core.principal import OPERATOR, ROLES
 from api.core.store_errors import StoreError
 from api.database.factory import BackendUnavailable, create_store
-from api.instrumentation import prepare_server
+from api.instrumentation import configure_logging, prepare_server
+from api.observability.audit import audited, command_line
 from api.providers.factory import ProviderUnavailable, create_provider
-from api.services.keys import KeyService
+from api.services.keys import KeyService, key_details
 
 
 def _host(settings: Settings, host: str | None, default: str | None) -> str:
@@ -45,6 +47,7 @@ def serve(host: str | None, port: int | None, workers: int | None) -> None:
         "port": port or settings.api_port,
         "workers": workers or settings.workers,
         "timeout_graceful_shutdown": 30,
+        **connection_options(settings),
         # JSON logging in this process too (with several workers it is uvicorn's supervisor,
         # which never imports the app) and an empty multiprocess metrics directory.
         **prepare_server(settings),
@@ -69,7 +72,17 @@ def work(host: str | None, port: int | None) -> None:
         sys.exit(f"nexus-ai: {exc}")
     uvicorn.run("api.main:create_worker_app", factory=True, host=host,
                 port=port or settings.worker_port, timeout_graceful_shutdown=30,
-                **prepare_server(settings))
+                **connection_options(settings), **prepare_server(settings))
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's connection cap and keep-alive timeout, from the settings.
+
+    uvicorn answers 503 once the open connections, the request's own included, reach
+    limit_concurrency: one more than MAX_CONNECTIONS, so that MAX_CONNECTIONS are served."""
+    cap = settings.max_connections
+    return {"limit_concurrency": None if cap is None else cap + 1,
+            "timeout_keep_alive": settings.keep_alive_timeout_seconds}
 
 
 def run_server(app: str, **options: Any) -> None:
@@ -96,7 +109,14 @@ async def _init_db() -> str:
 
 async def _keys(args: argparse.Namespace) -> int:
     """`nexus-ai keys create | list | revoke`: on the configured store, as the service reads it."""
-    store = create_store(get_settings())
+    settings = get_settings()
+    # Keys made and revoked go to the service's audit.log; never to stdout, which has the token.
+    try:
+        configure_logging(settings.model_copy(update={"log_stdout": False}))
+    except OSError as exc:
+        sys.exit(f"nexus-ai: cannot write the audit log in LOG_DIR={settings.log_dir} ({exc}): run "
+                 "as the service's user, with its settings")
+    store = create_store(settings)
     await store.open()
     try:
         keys = KeyService(store=store, cache_seconds=0)
@@ -105,8 +125,11 @@ async def _keys(args: argparse.Namespace) -> int:
             if args.role != OPERATOR and tenant is None:
                 sys.exit("nexus-ai: keys create needs --tenant (only an operator key has none)")
             try:
-                key, token = await keys.create(tenant_id=tenant, role=args.role, name=args.name,
-                                               expires_days=args.expires)
+                with audited("key.create", principal=command_line(), target_type="key") as act:
+                    act.tenant_id = tenant
+                    key, token = await keys.create(tenant_id=tenant, role=args.role, name=args.name,
+                                                   expires_days=args.expires)
+                    act.target_id, act.details = key.key_id, key_details(key)
             except ValueError as exc:
                 sys.exit(f"nexus-ai: {exc}")
             print(token)
@@ -120,8 +143,14 @@ async def _keys(args: argparse.Namespace) -> int:
                     key.key_id, key.tenant_id, key.role, key.name, key.created_at, key.expires_at,
                     key.revoked_at)))
         else:
-            revoked = await keys.revoke(key_id=args.key_id, tenant_id=None)
-            if revoked is None:
+            try:
+                with audited("key.revoke", principal=command_line(), target_type="key",
+                             target_id=args.key_id) as act:
+                    revoked = await keys.revoke(key_id=args.key_id, tenant_id=None)
+                    if revoked is None:
+                        raise NotFound("key", args.key_id)
+                    act.tenant_id, act.details = revoked.tenant_id, key_details(revoked)
+            except NotFound:
                 print(f"nexus-ai: no key {args.key_id}", file=sys.stderr)
                 return 1
             print(f"Revoked key {revoked.key_id} at {revoked.revoked_at}; every server refuses "

@@ -1,12 +1,16 @@
 """Service settings: one class, read once from the environment and `.env`."""
 
 import ipaddress
+import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# A browser's Origin: scheme://host[:port], lower case, no path (and no trailing slash).
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://(\[[0-9a-f:.]+\]|[a-z0-9_.~%!$&'()*+,;=-]+)(:[0-9]{1,5})?")
 
 
 class Settings(BaseSettings):
@@ -21,6 +25,10 @@ class Settings(BaseSettings):
     # Successful probe requests would drown the access log at one line every few seconds per
     # orchestrator; failing probes are always logged.
     log_health_requests: bool = False
+    # The audit log's refusal lines: at most one per client address and reason (failed
+    # authentications) or per key and action (denials) in this window, then one line counting
+    # the rest (docs/SECURITY.md, "Audit trail"). 0: a line for every refusal.
+    audit_refusal_window_seconds: float = Field(default=60.0, ge=0, le=3600)
 
     # Unset: 0.0.0.0 with API keys, 127.0.0.1 without (AUTH_MODE=none must not serve a network).
     api_host: str | None = None
@@ -84,6 +92,30 @@ class Settings(BaseSettings):
     operator_token: SecretStr | None = None
     # How long a process trusts a key it checked: a revoked key stops working within this.
     auth_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Rate limits and quotas of API keys' requests, per tenant and per key, shared by every
+    # process through the store (docs/SECURITY.md, "Rate limits and quotas"). 0: no limit.
+    tenant_requests_per_minute: int = Field(default=6000, ge=0)
+    key_requests_per_minute: int = Field(default=1200, ge=0)
+    tenant_builds_per_hour: int = Field(default=120, ge=0)
+    key_builds_per_hour: int = Field(default=60, ge=0)
+    tenant_invocations_in_flight: int = Field(default=32, ge=0)
+    key_invocations_in_flight: int = Field(default=8, ge=0)
+    # Model tokens (input and output) per UTC day: a tenant's builds' and invocations', a
+    # key's invocations'. Unset by default: what a token costs depends on the model.
+    tenant_tokens_per_day: int = Field(default=0, ge=0)
+    key_tokens_per_day: int = Field(default=0, ge=0)
+    # Failed authentications a client address makes per minute before it is answered 429.
+    auth_failures_per_minute: int = Field(default=60, ge=0)
+    # Browser clients (CORS): the origins allowed to call the API, comma-separated
+    # (https://app.example.com,http://localhost:3000), or `*` for any. Empty: no CORS headers
+    # at all. Never with credentials: keys travel in headers, not cookies (docs/SECURITY.md).
+    cors_allowed_origins: Annotated[list[str], NoDecode] = []
+    # uvicorn's connection cap (limit_concurrency), per process: a request whose headers arrive
+    # while this many other connections are open (idle and half-sent ones too) is answered 503
+    # by uvicorn itself. Unset: no cap (docs/SECURITY.md, "Slow clients" says why).
+    max_connections: int | None = Field(default=None, ge=1)
+    # uvicorn's timeout_keep_alive: an idle connection is closed this long after its last answer.
+    keep_alive_timeout_seconds: int = Field(default=5, ge=1, le=3600)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -110,6 +142,28 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_choice(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        # NoDecode hands the environment's text over as it is, rather than parsed as JSON.
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        # Browsers send the origin in lower case, and Starlette compares it as a string: an
+        # origin with a path or a trailing slash would never match, so it is refused here.
+        origins = [origin.lower() for origin in origins]
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"CORS_ALLOWED_ORIGINS: {origin!r} is not an origin "
+                                 "(scheme://host[:port], no path, no trailing slash) nor *")
+        if "*" in origins and len(origins) > 1:
+            raise ValueError("CORS_ALLOWED_ORIGINS: * allows every origin; list none beside it")
+        return origins
 
     @property
     def sqlite_path(self) -> Path:

@@ -1,4 +1,5 @@
-"""Wires the observability layer into the app: JSON logging, tracing, metrics, health probes.
+"""Wires the observability layer into the app: JSON logging (the audit trail's too), tracing,
+metrics, health probes.
 
 At the top of the package, beside `api.main`: it imports routers and middleware, which
 `api.observability` (below them) must not. `bench/apps.py` swaps this module to measure the app
@@ -13,6 +14,7 @@ from fastapi import FastAPI
 
 from api.config import Settings
 from api.middleware.tracing import TracingMiddleware
+from api.observability import audit
 from api.observability import logging as json_logging
 from api.observability import metrics
 from api.observability.system import sampler
@@ -22,6 +24,7 @@ from api.routers import metrics as metrics_router
 
 def configure_logging(settings: Settings) -> None:
     json_logging.configure_logging(settings)
+    audit.configure(refusal_window_seconds=settings.audit_refusal_window_seconds)
 
 
 def include_routes(app: FastAPI) -> None:
@@ -31,8 +34,9 @@ def include_routes(app: FastAPI) -> None:
 
 
 def add_tracing(app: FastAPI, settings: Settings) -> None:
-    """Call after every other add_middleware: the last added is the outermost, and tracing
-    must see every response (including the body limit's 413) to stamp its headers."""
+    """Call after every other add_middleware but CORS's (which answers preflights before
+    anything else): the last added is the outermost, and tracing must see every response
+    (including the body limit's 413) to stamp its headers."""
     app.add_middleware(TracingMiddleware, settings=settings)
 
 
@@ -48,6 +52,7 @@ async def start(app: FastAPI) -> None:
 async def stop(app: FastAPI) -> None:
     await asyncio.to_thread(sampler.stop)
     metrics.forget_this_worker()
+    audit.flush()
     await asyncio.to_thread(json_logging.write_logs_directly)
 
 

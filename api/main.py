@@ -15,6 +15,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fastapi import APIRouter, Depends, FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from api import __version__, instrumentation
 from api.config import Settings, get_settings
@@ -24,6 +25,7 @@ from api.dependencies import count_api_call, refuse_unknown_query_params
 from api.engine.build_engine import BuildEngine
 from api.engine.stage_work import StageWorker
 from api.middleware.auth import REFUSALS, AuthMiddleware
+from api.middleware import cors
 from api.middleware.body_limit import BodySizeLimitMiddleware
 from api.middleware.idempotency import IdempotencyMiddleware
 from api.observability.model_probe import ModelProbe
@@ -35,6 +37,7 @@ from api.observability import metrics
 from api.services.agent_service import AgentService
 from api.services.api_call_counter import ApiCallCounter
 from api.services.keys import KeyService
+from api.services.limits import FailedAuthentications, Limits
 from api.services.project_service import ProjectService
 from api.services.statistics_service import StatisticsService
 
@@ -92,13 +95,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.store = store
     app.state.engine = engine
     app.state.key_service = KeyService(store=store, cache_seconds=settings.auth_cache_seconds)
+    app.state.limits = limits = Limits(store=store, statistics=store, settings=settings)
+    app.state.failed_authentications = FailedAuthentications(
+        per_minute=settings.auth_failures_per_minute)
     if serves_api:
         api_calls = ApiCallCounter(store=store, flush_seconds=settings.api_calls_flush_seconds)
         # A model call's deadline bounds how long a request runs (the idempotency keys' claims).
         app.state.model_deadline_seconds = client.deadline_seconds
         app.state.api_calls = api_calls
-        app.state.project_service = ProjectService(store=store, engine=engine)
-        app.state.agent_service = AgentService(store=store, client=client, settings=settings)
+        app.state.project_service = ProjectService(store=store, engine=engine, limits=limits)
+        app.state.agent_service = AgentService(store=store, client=client, settings=settings,
+                                               limits=limits)
         app.state.statistics_service = StatisticsService(store=store, api_calls=api_calls)
     await instrumentation.start(app)
     app.state.model_probe.start()
@@ -174,6 +181,10 @@ def create_app(settings: Settings | None = None, *, provider: ModelProvider | No
     app.add_middleware(BodySizeLimitMiddleware)
     app.add_middleware(AuthMiddleware)
     instrumentation.add_tracing(app, settings)
+    # Outermost, added last: a preflight needs no key, and every answer (refusals and the
+    # tracing's own 500 included) carries the CORS headers a page needs to read it.
+    if settings.cors_allowed_origins:
+        app.add_middleware(CORSMiddleware, **cors.options(settings))
     return app
 
 

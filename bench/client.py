@@ -14,20 +14,22 @@ def _data(response: httpx.Response) -> Any:
     return response.json()["data"]
 
 
-def create_project(base_url: str, requirement: str = REQUIREMENT) -> str:
+def create_project(base_url: str, requirement: str = REQUIREMENT, *,
+                   headers: dict[str, str] | None = None) -> str:
     return _data(httpx.post(f"{base_url}/api/v1/projects", json={"requirement": requirement},
-                            timeout=30))["project_id"]
+                            headers=headers, timeout=30))["project_id"]
 
 
-def overview(base_url: str) -> dict[str, Any]:
-    return _data(httpx.get(f"{base_url}/api/v1/statistics/overview", timeout=30))
+def overview(base_url: str, *, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    return _data(httpx.get(f"{base_url}/api/v1/statistics/overview", headers=headers, timeout=30))
 
 
-def wait_for_builds(base_url: str, *, finished: int, timeout: float, interval: float = 0.2) -> dict[str, Any]:
+def wait_for_builds(base_url: str, *, finished: int, timeout: float, interval: float = 0.2,
+                    headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Poll the statistics until `finished` builds have succeeded or failed in total."""
     deadline = time.monotonic() + timeout
     while True:
-        stats = overview(base_url)
+        stats = overview(base_url, headers=headers)
         if stats["successful_builds"] + stats["failed_builds"] >= finished:
             return stats
         if time.monotonic() > deadline:
@@ -35,13 +37,15 @@ def wait_for_builds(base_url: str, *, finished: int, timeout: float, interval: f
         time.sleep(interval)
 
 
-def built_project(base_url: str, timeout: float = 120.0) -> str:
+def built_project(base_url: str, timeout: float = 120.0, *,
+                  headers: dict[str, str] | None = None) -> str:
     """A project whose build has completed (the offline provider, no stage delay)."""
-    before = overview(base_url)
-    project_id = create_project(base_url)
+    before = overview(base_url, headers=headers)
+    project_id = create_project(base_url, headers=headers)
     wait_for_builds(base_url, finished=before["successful_builds"] + before["failed_builds"] + 1,
-                    timeout=timeout)
-    project = _data(httpx.get(f"{base_url}/api/v1/projects/{project_id}", timeout=30))
+                    timeout=timeout, headers=headers)
+    project = _data(httpx.get(f"{base_url}/api/v1/projects/{project_id}", headers=headers,
+                              timeout=30))
     if project["status"] != "completed":
         raise RuntimeError(f"set-up build did not complete: {project['status']}")
     return project_id

@@ -90,9 +90,10 @@ class Context:
             self._servers.pop().stop()
 
     # -- load -------------------------------------------------------------------------------
-    def wrk(self, url: str, *, seconds: float, connections: int) -> wrk.WrkResult:
+    def wrk(self, url: str, *, seconds: float, connections: int,
+            headers: dict[str, str] | None = None) -> wrk.WrkResult:
         assert self.item is not None
-        result = wrk.run(url, seconds=seconds, connections=connections)
+        result = wrk.run(url, seconds=seconds, connections=connections, headers=headers)
         self.item.command(show_command(result.command))
         if result.errors:
             raise RuntimeError(f"{result.errors} failed requests: {result.command}")
@@ -104,8 +105,9 @@ class Context:
         one untimed warm-up run of each. `measure` is "throughput" (req/s) or "latency"
         (median ms). The notes add each side's p99 and the server CPU time per request."""
         assert self.item is not None
-        for _, url, _ in (a, b):
-            self.wrk(url, seconds=self.profile.warmup_seconds, connections=connections)
+        for _, url, server in (a, b):
+            self.wrk(url, seconds=self.profile.warmup_seconds, connections=connections,
+                     headers=server.headers)
         unit = "req/s" if measure == "throughput" else "ms p50"
         row = Row(item=self.item.number, name=name, a=Side(a[0], unit), b=Side(b[0], unit),
                   target=target)
@@ -115,7 +117,8 @@ class Context:
             pair = []
             for side, (label, url, server) in ((row.a, a), (row.b, b)):
                 before = server.cpu_seconds()
-                result = self.wrk(url, seconds=self.profile.run_seconds, connections=connections)
+                result = self.wrk(url, seconds=self.profile.run_seconds, connections=connections,
+                                  headers=server.headers)
                 cpu[label].append(1e6 * (server.cpu_seconds() - before) / max(result.requests, 1))
                 value = (result.requests_per_second if measure == "throughput"
                          else result.latency_ms["p50"])
@@ -134,6 +137,7 @@ class Context:
 def show_command(command: str) -> str:
     """wrk's command line with what changes from run to run (port, ids, cursors) as names."""
     command = re.sub(r"^\S*/wrk ", "wrk ", command)
+    command = re.sub(r"Bearer nxk_[A-Za-z0-9_-]+", "Bearer $NEXUS_API_KEY", command)
     command = re.sub(r"(://[\d.]+):\d+", r"\1:$PORT", command)
     command = re.sub(r"proj_[0-9a-f]{12}", "{project_id}", command)
     return re.sub(r"last_key=[A-Za-z0-9_-]+", "last_key={cursor}", command)

@@ -59,7 +59,7 @@ class Server:
             "LOG_DIR": str(workdir / "logs"),
             "ENVIRONMENT": "production",
             # Production's default is API keys; the items measure the service without them
-            # (on loopback, which AUTH_MODE=none requires).
+            # (on loopback, which AUTH_MODE=none requires) unless they say otherwise.
             "AUTH_MODE": "none",
             # Builds made while setting an item up finish at once; items that measure builds
             # or the mixed scenario say otherwise.
@@ -75,10 +75,16 @@ class Server:
             self.argv = [PYTHON, "-m", "bench.serve", variant, "--port", str(self.port),
                          "--workers", str(workers), *serve_options]
         self.process: subprocess.Popen[bytes] | None = None
+        # With AUTH_MODE=api_key, a builder key's header, made at start.
+        self.headers: dict[str, str] = {}
 
     @property
     def log_path(self) -> Path:
         return self.workdir / "server.out"
+
+    @property
+    def authenticates(self) -> bool:
+        return self.settings["AUTH_MODE"] == "api_key"
 
     def command(self, bench_dir: Path) -> str:
         """The command line as the report shows it: settings first, paths relative to the run."""
@@ -88,9 +94,19 @@ class Server:
         settings = " ".join(f"{key}={shlex.quote(show(value))}"
                             for key, value in self.settings.items())
         argv = " ".join(shlex.quote(show(part)) for part in self.argv)
-        return f"AWS_EC2_METADATA_DISABLED=true {settings} {argv}".replace(str(self.port), "$PORT")
+        serve = f"AWS_EC2_METADATA_DISABLED=true {settings} {argv}".replace(str(self.port), "$PORT")
+        if not self.authenticates:
+            return serve
+        return (f"NEXUS_API_KEY=$({settings} {show(PYTHON)} -m api.cli keys create --tenant bench "
+                f"--role builder) && {serve}")
 
     def start(self) -> "Server":
+        if self.authenticates:
+            created = subprocess.run(
+                [PYTHON, "-m", "api.cli", "keys", "create", "--tenant", "bench", "--role", "builder"],
+                cwd=self.workdir, env={**base_environment(), **self.settings}, capture_output=True,
+                text=True, check=True, timeout=60)
+            self.headers = {"Authorization": f"Bearer {created.stdout.strip()}"}
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
                 self.argv, cwd=self.workdir, env={**base_environment(), **self.settings},

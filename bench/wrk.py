@@ -50,13 +50,16 @@ def parse(output: str, command: str = "") -> WrkResult:
                      errors=errors, latency_ms=latency, command=command)
 
 
-def argv(url: str, *, seconds: float, connections: int, threads: int = 1) -> list[str]:
+def argv(url: str, *, seconds: float, connections: int, threads: int = 1,
+         headers: dict[str, str] | None = None) -> list[str]:
+    sent = [part for name, value in (headers or {}).items() for part in ("-H", f"{name}: {value}")]
     return [require(), f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s",
-            "--timeout", "10s", "--latency", url]
+            "--timeout", "10s", "--latency", *sent, url]
 
 
-def run(url: str, *, seconds: float, connections: int, threads: int = 1) -> WrkResult:
-    command = argv(url, seconds=seconds, connections=connections, threads=threads)
+def run(url: str, *, seconds: float, connections: int, threads: int = 1,
+        headers: dict[str, str] | None = None) -> WrkResult:
+    command = argv(url, seconds=seconds, connections=connections, threads=threads, headers=headers)
     result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60,
                             check=False)
     return parse(result.stdout, shlex.join(command))

@@ -21,6 +21,7 @@ from api.config import Settings
 from api.main import create_app
 from api.providers.base import ModelProvider
 from tests import moto_server
+from tests.secrets_check import append_check, record_env_secrets, record_the_suite_s_secrets
 
 # botocore's credential chain would otherwise ask the EC2 metadata address (169.254.169.254)
 # from every health check; tests and the servers they start talk to loopback only.
@@ -123,6 +124,21 @@ def sse_events(text: str) -> list[tuple[str, Any]]:
     return events
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    # Last of all, whatever was selected: no secret in any log file the run wrote.
+    append_check(session, items)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def recorded_secrets() -> Iterator[None]:
+    """Every key and SecretStr the run makes is remembered for the last check."""
+    with pytest.MonkeyPatch.context() as patch:
+        record_the_suite_s_secrets(patch)
+        yield
+
+
 # The API end-to-end tests (tests/e2e) run on every storage backend; the rest of the suite
 # runs on the embedded default.
 STORAGE_BACKENDS = ("sqlite", "dynamodb")
@@ -207,6 +223,7 @@ class ServerProcess:
                     "API_PORT": str(self.port), "WORKER_HOST": "127.0.0.1",
                     "WORKER_PORT": str(self.port), "DATA_DIR": str(workdir / "data"),
                     "LOG_DIR": str(self.log_dir), **env}
+        record_env_secrets(self.env)
         self.process: subprocess.Popen[bytes] | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.output = workdir / f"server-{self.port}.out"

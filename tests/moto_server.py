@@ -28,6 +28,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.tooling import stop_process
+
 REPO = Path(__file__).resolve().parent.parent
 REGION = "us-east-1"
 CREDENTIALS = ("testing", "testing")
@@ -68,13 +70,7 @@ class MotoServer:
         raise RuntimeError(f"moto server did not answer within {START_TIMEOUT_SECONDS:g} s")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self.log.close()
         Path(self.log.name).unlink(missing_ok=True)
 

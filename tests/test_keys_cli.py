@@ -1,8 +1,9 @@
 """`nexus-ai keys` and the modes, as an operator runs them: a production server without a key
 starts, serves its probes, answers 401 and says how to make the first key; a key made with the
-command line works at once, a revoked one stops within AUTH_CACHE_SECONDS; AUTH_MODE=none
-refuses a non-loopback address."""
+command line works at once, a revoked one stops within AUTH_CACHE_SECONDS; what the command
+line does to keys is in the audit trail; AUTH_MODE=none refuses a non-loopback address."""
 
+import getpass
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO, ServerProcess, wait_until
+from tests.secrets_check import record_secret
 
 CLI = [sys.executable, "-m", "api.cli"]
 
@@ -36,6 +38,7 @@ def test_a_production_server_without_keys_then_with_one(
     created = nexus_ai(tmp_path, "keys", "create", "--tenant", "acme", "--role", "builder", "--name", "ci")
     assert created.returncode == 0, created.stderr
     token = created.stdout.strip()
+    record_secret(token)
     key_id = token.split("_")[1]
     assert f"Created key {key_id} (tenant acme, role builder)" in created.stderr
     headers = {"Authorization": f"Bearer {token}"}
@@ -56,6 +59,41 @@ def test_a_production_server_without_keys_then_with_one(
     assert nexus_ai(tmp_path, "keys", "revoke", "0" * 16).returncode == 1
     # No key or secret in any log line.
     for log in server.log_dir.iterdir():
+        assert token.split("_", 2)[2] not in log.read_text(), log
+
+
+def test_the_command_line_s_key_changes_are_audited(tmp_path: Path) -> None:
+    # LOG_STDOUT as in the container: the token is still all that stdout gets.
+    created = nexus_ai(tmp_path, "keys", "create", "--tenant", "acme", "--role", "admin",
+                       "--name", "alice", "--expires", "30", LOG_STDOUT="true")
+    assert created.returncode == 0, created.stderr
+    token = created.stdout.strip()
+    record_secret(token)
+    assert created.stdout == token + "\n"
+    key_id = token.split("_")[1]
+    assert nexus_ai(tmp_path, "keys", "revoke", key_id).returncode == 0
+    assert nexus_ai(tmp_path, "keys", "revoke", "0" * 16).returncode == 1
+    assert nexus_ai(tmp_path, "keys", "create", "--tenant", "a#b", "--role", "viewer").returncode == 1
+    assert nexus_ai(tmp_path, "keys", "list").returncode == 0
+
+    audit_log = tmp_path / "logs" / "audit.log"
+    lines = [json.loads(line) for line in audit_log.read_text().splitlines()]
+    command_line = {"user_id": f"cli:{getpass.getuser()}", "key_id": None, "role": "cli",
+                    "request_id": None, "client_address": None, "logger": "nexus_ai.audit"}
+    for line in lines:
+        assert {name: line[name] for name in command_line} == command_line, line
+    made, revoked, unknown, refused = lines  # `keys list` is not audited
+    expires_at = made["details"].pop("expires_at")
+    assert expires_at > made["timestamp"]
+    assert (made["action"], made["outcome"], made["tenant_id"], made["target"], made["details"]) == (
+        "key.create", "success", "acme", {"type": "key", "id": key_id}, {"role": "admin", "name": "alice"})
+    assert (revoked["action"], revoked["outcome"], revoked["tenant_id"], revoked["target"]) == (
+        "key.revoke", "success", "acme", {"type": "key", "id": key_id})
+    assert (unknown["action"], unknown["outcome"], unknown["error_code"], unknown["target"]) == (
+        "key.revoke", "not_found", "RESOURCE_NOT_FOUND", {"type": "key", "id": "0" * 16})
+    assert (refused["action"], refused["outcome"], refused["error_code"], refused["tenant_id"]) == (
+        "key.create", "failed", "VALIDATION_ERROR", "a#b")
+    for log in (tmp_path / "logs").iterdir():
         assert token.split("_", 2)[2] not in log.read_text(), log
 
 

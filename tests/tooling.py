@@ -36,3 +36,14 @@ def require_model_server() -> None:
                            text=True, check=True).stdout.strip()
     if not (Path(where) / ".installed").exists():
         missing(f"llama-server in {where}", MODEL_SERVER_INSTALL)
+
+
+def stop_process(process: "subprocess.Popen[bytes] | None") -> None:
+    """SIGTERM a helper server still running, SIGKILL it if it does not stop within 10 s."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

@@ -14,6 +14,10 @@ build_id_var: ContextVar[str | None] = ContextVar("build_id", default=None)
 agent_id_var: ContextVar[str | None] = ContextVar("agent_id", default=None)
 invocation_id_var: ContextVar[str | None] = ContextVar("invocation_id", default=None)
 
+# The address a request came from, for the audit trail's lines (api.observability.audit); not
+# merged into every line: the access line has it as a field of its own.
+client_address_var: ContextVar[str | None] = ContextVar("client_address", default=None)
+
 CONTEXT_VARS: dict[str, ContextVar[str | None]] = {
     "request_id": request_id_var,
     "tenant_id": tenant_id_var,

@@ -48,7 +48,7 @@ def _allowed_methods(request: Request) -> str:
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.code, exc.message, details=exc.details)
+    return error_response(exc.code, exc.message, details=exc.details, headers=exc.headers)
 
 
 def _error_message(error: dict[str, Any], content_type: str) -> str:

@@ -22,6 +22,8 @@ class Principal:
     # The key's name, else its id: the records' and the log lines' `user_id`. None without
     # keys, where records keep the `user_id` their bodies name.
     user_id: str | None
+    # The key's id: what the per-key rate limits count under. None without a key.
+    key_id: str | None = None
 
     def may(self, needed: str) -> bool:
         """Whether this principal's role includes the tenant role `needed`."""

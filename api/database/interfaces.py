@@ -15,9 +15,10 @@ of another tenant is exactly as absent as one that does not exist. Writes set ea
 the engine's lease methods (`list_claimable_builds`, `renew_leases`: one engine serves every
 tenant, and the builds they return carry their `tenant_id`), and the statistics reads with
 `tenant_id=None`, the platform-wide totals operators see. Idempotency keys are a tenant's
-too: the same key of two tenants names two unrelated requests. API keys are looked up by
-their id alone (the key names its tenant; nothing is known of the caller before), and listed
-per tenant or, for the command line, platform-wide.
+too: the same key of two tenants names two unrelated requests; so are the rate limits'
+counters and slots. API keys are looked up by their id alone (the key names its tenant;
+nothing is known of the caller before), and listed per tenant or, for the command line,
+platform-wide.
 """
 
 import abc
@@ -304,3 +305,26 @@ class KeyStore(abc.ABC):
     async def revoke_api_key(self, *, key_id: str, tenant_id: str | None, revoked_at: str) -> ApiKey | None:
         """Mark the key revoked (once: a revoked key keeps its first `revoked_at`); None when
         there is no such key (of `tenant_id`, unless None)."""
+
+
+class LimitStore(abc.ABC):
+    """What the rate limits and quotas of every process share (api.services.limits): counters
+    (a window's requests, builds or tokens: the window is part of the counter's name) and
+    slots (invocations in flight). Both expire at `expires_at` (epoch seconds), so that a
+    process that died holding them frees them in time; expired rows go with later writes."""
+
+    @abc.abstractmethod
+    async def take_allowance(self, *, tenant_id: str, counter: str, amount: int,
+                             limit: int | None, now: float, expires_at: float) -> tuple[int, int]:
+        """Add to the counter (new: 0) as much of `amount` as keeps it at most `limit`,
+        atomically: (the amount added, the counter's total after). With `limit` None all of
+        `amount` is added (negative: given back), and `amount` 0 reads the total."""
+
+    @abc.abstractmethod
+    async def acquire_slot(self, *, tenant_id: str, pool: str, slot_id: str, limit: int,
+                           now: float, expires_at: float) -> bool:
+        """Hold slot `slot_id` of `pool` until released or `expires_at`, if fewer than
+        `limit` unexpired slots are held, atomically; False when the pool is full."""
+
+    @abc.abstractmethod
+    async def release_slot(self, *, tenant_id: str, pool: str, slot_id: str) -> None: ...

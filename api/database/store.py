@@ -30,6 +30,7 @@ from api.database.interfaces import (
     IdempotentAnswer,
     KeyStore,
     LeaseStore,
+    LimitStore,
     Page,
     ProjectStore,
     Record,
@@ -180,7 +181,7 @@ def build_token_deltas(build: Record) -> dict[str, float]:
 
 
 class Store(ProjectStore, LeaseStore, AgentStore, SessionStore, StatisticsStore, IdempotencyStore,
-            KeyStore):
+            KeyStore, LimitStore):
     """Persistence for every resource: the domains of `api.database.interfaces` in the one
     object the app holds, with its lifecycle and the timing every call goes through."""
 

@@ -10,22 +10,27 @@ AUTH_MODE=api_key:
   covers the request (`required_role`); an operator key reads the platform-wide statistics
   and nothing else of the API.
 The principal goes into the request's scope (`state.principal`), where the dependencies and
-the idempotency middleware read it, and its tenant and user into the log context.
+the idempotency middleware read it, and its tenant and user into the log context. A key's
+request counts against its requests-per-minute limits (api.services.limits) here, before
+anything else runs, and its answer carries the RateLimit-* headers of the tightest; an
+address that keeps failing to authenticate is answered 429 instead of 401.
 """
 
 import hmac
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.config import Settings
 from api.core.context import bind
 from api.core.envelope import error_response
+from api.core.errors import RateLimited
 from api.core.principal import OPERATOR, PROBES, Principal
 from api.core.store_errors import StoreError
 from api.database.store import DEFAULT_TENANT
-from api.observability import metrics
+from api.observability import audit, metrics
 from api.services.keys import AuthenticationFailed, KeyService
+from api.services.limits import FailedAuthentications, Limits
 
 OPERATIONS = frozenset({"/health/detailed", "/metrics", "/docs", "/docs/oauth2-redirect",
                         "/redoc", "/openapi.json"})
@@ -69,6 +74,18 @@ def _credential(scope: Scope) -> str | None:
     return None
 
 
+def _with_headers(send: Send, headers: dict[str, str]) -> Send:
+    """`send`, adding `headers` to the response's start."""
+    extra = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), *extra]
+        await send(message)
+
+    return sending
+
+
 class AuthMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -86,7 +103,17 @@ class AuthMiddleware:
                 return
             principal = decided
         scope.setdefault("state", {})["principal"] = principal
-        await self.app(scope, receive, send)
+        try:
+            headers = await state.limits.admit_request(principal)
+        except RateLimited as refused:
+            await error_response(refused.code, refused.message, details=refused.details,
+                                 headers=refused.headers)(scope, receive, send)
+            return
+        except StoreError:
+            await error_response("DATABASE_ERROR", "The database could not count the request "
+                                 "against its rate limit.")(scope, receive, send)
+            return
+        await self.app(scope, receive, _with_headers(send, headers) if headers else send)
 
     async def _principal(self, scope: Scope, keys: KeyService,
                          settings: Settings) -> Principal | Response:
@@ -95,7 +122,7 @@ class AuthMiddleware:
         operations = path in OPERATIONS or path.startswith(OPERATIONS_PREFIXES)
         token = _credential(scope)
         if not token:
-            return self._refuse("missing" if token is None else "malformed")
+            return self._refuse(scope, "missing" if token is None else "malformed")
         operator_token = settings.operator_token
         if (operations and operator_token is not None
                 and hmac.compare_digest(token.encode(), operator_token.get_secret_value().encode())):
@@ -104,7 +131,7 @@ class AuthMiddleware:
         try:
             principal = await keys.authenticate(token)
         except AuthenticationFailed as failed:
-            return self._refuse(failed.reason)
+            return self._refuse(scope, failed.reason)
         except StoreError:
             return error_response("DATABASE_ERROR", "The database could not check the API key.")
         # Every line of the request names the key's user, its refusal too.
@@ -117,12 +144,20 @@ class AuthMiddleware:
             needed = required_role(method, path)
             allowed = principal.may(needed)
         if not allowed:
+            audit.permission_denied(principal=principal, method=method, path=path)
             return error_response("PERMISSION_DENIED", f"This key's role ({principal.role}) may not "
                                   f"{method} {path}: it needs {needed}.")
         return principal
 
-    @staticmethod
-    def _refuse(reason: str) -> Response:
+    def _refuse(self, scope: Scope, reason: str) -> Response:
         metrics.record_auth_failure(reason=reason)
+        failures: FailedAuthentications = scope["app"].state.failed_authentications
+        client = scope.get("client")
+        over = failures.record(client[0] if client else "unknown")
+        audit.authentication_failed(reason=reason,
+                                    error_code="AUTHENTICATION_REQUIRED" if over is None else over.code)
+        if over is not None:
+            return error_response(over.code, over.message, details=over.details,
+                                  headers=over.headers)
         return error_response("AUTHENTICATION_REQUIRED", REFUSALS[reason],
                               headers={"WWW-Authenticate": 'Bearer realm="nexus-ai"'})

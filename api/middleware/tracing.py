@@ -2,7 +2,8 @@
 
 Plain ASGI, outermost of the app's middleware, so that every response, including 404, 405,
 413 and unhandled exceptions, carries X-Request-ID and X-Response-Time, and the request id is
-in context for every line logged while the request is served.
+in context for every line logged while the request is served (the client's address too, for
+the audit trail's lines).
 """
 
 import logging
@@ -13,7 +14,7 @@ import time
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.config import Settings
-from api.core.context import request_id_var
+from api.core.context import client_address_var, request_id_var
 from api.core.envelope import EnvelopeResponse, internal_error_body
 from api.observability import logging as json_logging
 from api.observability import metrics
@@ -70,6 +71,9 @@ class TracingMiddleware:
         start = time.perf_counter()
         request_id = request_id_from(scope)
         token = request_id_var.set(request_id)
+        client = scope.get("client")
+        client_address = client[0] if client else None
+        address_token = client_address_var.set(client_address)
         path = scope["path"]
         counted = not metrics.is_excluded(path)
         probe = path == "/health" or path.startswith("/health/")
@@ -110,9 +114,9 @@ class TracingMiddleware:
                                        seconds=duration)
             # A probe every few seconds would drown the access log; failing probes still show.
             if not probe or status >= 400 or self.log_health_requests:
-                client = scope.get("client")
                 json_logging.log_access(
                     request_id=request_id, method=scope["method"], path=path, route=route,
                     status_code=status, duration_seconds=round(duration, 6),
-                    client_address=client[0] if client else None)
+                    client_address=client_address)
             request_id_var.reset(token)
+            client_address_var.reset(address_token)

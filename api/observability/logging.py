@@ -20,6 +20,7 @@ from api.config import Settings
 from api.core.clock import iso_timestamp
 from api.core.context import current_context
 from api.core.redaction import redact, redact_text
+from api.observability.audit import AUDIT_LOGGER
 from api.observability.log_sinks import Fanout, LogFile, LogStream, Sink
 
 ACCESS_LOGGER = "api.access"
@@ -106,10 +107,11 @@ def _sinks(settings: Settings) -> list[Sink]:
     if settings.environment == "production":
         sinks = [
             LogFile(log_dir / "access.log", lambda name: name == ACCESS_LOGGER),
-            LogFile(log_dir / "error.log", lambda name: name != ACCESS_LOGGER),
+            LogFile(log_dir / "error.log", lambda name: name not in (ACCESS_LOGGER, AUDIT_LOGGER)),
         ]
     else:
-        sinks = [LogFile(log_dir / "api.log", lambda name: True)]
+        sinks = [LogFile(log_dir / "api.log", lambda name: name != AUDIT_LOGGER)]
+    sinks.append(LogFile(log_dir / "audit.log", lambda name: name == AUDIT_LOGGER))
     if settings.log_stdout:
         sinks.append(LogStream(sys.stdout))
     return sinks
@@ -132,6 +134,12 @@ def configure_logging(settings: Settings) -> None:
     _handler.setFormatter(JsonFormatter())
     root.addHandler(_handler)
     root.setLevel(logging.DEBUG if settings.debug else settings.log_level)
+    # The audit trail is written whatever LOG_LEVEL says, and only to audit.log (and stdout):
+    # its own handler, no propagation to the root's (nor to a harness's handlers there).
+    audit_logger = logging.getLogger(AUDIT_LOGGER)
+    audit_logger.handlers = [_handler]
+    audit_logger.propagate = False
+    audit_logger.setLevel(logging.INFO)
 
     # uvicorn's own handlers (when it was started with its default log config) would print
     # plain text: its records go through ours instead. Its access line is replaced by the

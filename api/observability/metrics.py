@@ -113,6 +113,10 @@ model_tokens_total = Counter(
 # Reasons are the few api.middleware.auth names (its REFUSALS): labels stay bounded.
 auth_failures_total = Counter(
     "auth_failures_total", "Requests refused 401 for want of a valid API key, by reason.", ["reason"])
+# `limit` and `scope` are api.services.limits' few names (requests, builds, invocations,
+# tokens, auth_failures; tenant, key, address): labels stay bounded.
+rate_limited_total = Counter(
+    "rate_limited_total", "Requests refused 429 by a rate limit or quota.", ["limit", "scope"])
 log_lines_dropped_total = Counter(
     "log_lines_dropped_total", "Log lines a sink could not take (its queue was full), by sink.",
     ["sink"])
@@ -194,6 +198,10 @@ def expose_auth_failures(reasons: Iterable[str]) -> None:
 
 def record_auth_failure(*, reason: str) -> None:
     auth_failures_total.labels(reason).inc()
+
+
+def record_rate_limited(*, limit: str, scope: str) -> None:
+    rate_limited_total.labels(limit, scope).inc()
 
 
 def expose_log_sink(*, sink: str) -> None:

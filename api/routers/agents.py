@@ -3,9 +3,10 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.dependencies import AgentServiceDep, SettingsDep, page_body
+from api.dependencies import AgentServiceDep, PrincipalDep, SettingsDep, page_body
 from api.core.envelope import ok
 from api.core.errors import ValidationFailed
+from api.observability.audit import audited
 from api.routers.openapi import IDEMPOTENT, errors, streams
 from api.routers.streaming import event_stream, wants_stream
 from api.schemas.agent_records import (
@@ -67,15 +68,18 @@ async def update_agent(agent_id: AgentId, body: AgentUpdate, agents: AgentServic
 
 @router.put("/{agent_id}/status", response_model=Envelope[AgentPublic],
             responses=errors("RESOURCE_NOT_FOUND", body=True))
-async def set_agent_status(agent_id: AgentId, body: AgentStatusUpdate,
-                           agents: AgentServiceDep) -> JSONResponse:
-    return ok(await agents.set_status(agent_id=agent_id, body=body))
+async def set_agent_status(agent_id: AgentId, body: AgentStatusUpdate, agents: AgentServiceDep,
+                           principal: PrincipalDep) -> JSONResponse:
+    with audited("agent.status", principal=principal, target_type="agent", target_id=agent_id,
+                 details={"status": body.status}):
+        return ok(await agents.set_status(agent_id=agent_id, body=body))
 
 
 @router.delete("/{agent_id}", response_model=Envelope[AgentDeleted],
                responses=errors("RESOURCE_NOT_FOUND"))
-async def delete_agent(agent_id: AgentId, agents: AgentServiceDep) -> JSONResponse:
-    await agents.delete(agent_id=agent_id)
+async def delete_agent(agent_id: AgentId, agents: AgentServiceDep, principal: PrincipalDep) -> JSONResponse:
+    with audited("agent.delete", principal=principal, target_type="agent", target_id=agent_id):
+        await agents.delete(agent_id=agent_id)
     return ok({"agent_id": agent_id, "deleted": True})
 
 

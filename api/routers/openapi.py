@@ -18,9 +18,10 @@ from api.schemas.envelope import ErrorEnvelope
 
 ERROR_SCHEMA = "#/components/schemas/ErrorEnvelope"
 # Every /api/v1 operation: an unknown query parameter or a bad one (400), no valid key or a
-# role that does not cover it (401, 403, with AUTH_MODE=api_key), the store failing or
-# throttling (503); every operation at all: a bug (500).
-API_ERRORS = ("VALIDATION_ERROR", "AUTHENTICATION_REQUIRED", "PERMISSION_DENIED", "DATABASE_ERROR")
+# role that does not cover it (401, 403), over a rate limit (429; all three with
+# AUTH_MODE=api_key), the store failing or throttling (503); every operation at all: a bug (500).
+API_ERRORS = ("VALIDATION_ERROR", "AUTHENTICATION_REQUIRED", "PERMISSION_DENIED",
+              "RATE_LIMIT_EXCEEDED", "DATABASE_ERROR")
 # And every one with a body: too large for the request or for a record (413), a write that
 # kept conflicting (409).
 WRITE_ERRORS = ("PAYLOAD_TOO_LARGE", "RESOURCE_CONFLICT")

@@ -3,8 +3,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse
 
-from api.dependencies import ProjectServiceDep, page_body
+from api.dependencies import PrincipalDep, ProjectServiceDep, page_body
 from api.core.envelope import ok
+from api.observability.audit import audited
 from api.routers.openapi import IDEMPOTENT, errors
 from api.schemas.common import Identifier, LastKey, Limit
 from api.schemas.envelope import Envelope, ProjectDeleted
@@ -62,15 +63,19 @@ async def get_stage(project_id: ProjectId, stage_name: Annotated[str, Path(max_l
 
 @router.put("/{project_id}/control", response_model=Envelope[ProjectDetail],
             responses=errors("RESOURCE_NOT_FOUND", "INVALID_STATE", body=True))
-async def control_project(project_id: ProjectId, body: ProjectControl,
-                          projects: ProjectServiceDep) -> JSONResponse:
-    return ok(await projects.control(project_id=project_id, body=body))
+async def control_project(project_id: ProjectId, body: ProjectControl, projects: ProjectServiceDep,
+                          principal: PrincipalDep) -> JSONResponse:
+    with audited(f"project.{body.action}", principal=principal, target_type="project",
+                 target_id=project_id, details={"reason": body.reason} if body.reason else None):
+        return ok(await projects.control(project_id=project_id, body=body))
 
 
 @router.delete("/{project_id}", response_model=Envelope[ProjectDeleted],
                responses=errors("RESOURCE_NOT_FOUND", "RESOURCE_CONFLICT"))
-async def delete_project(project_id: ProjectId, projects: ProjectServiceDep) -> JSONResponse:
-    await projects.delete(project_id=project_id)
+async def delete_project(project_id: ProjectId, projects: ProjectServiceDep,
+                         principal: PrincipalDep) -> JSONResponse:
+    with audited("project.delete", principal=principal, target_type="project", target_id=project_id):
+        await projects.delete(project_id=project_id)
     return ok({"project_id": project_id, "deleted": True})
 
 

@@ -3,8 +3,9 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 
-from api.dependencies import AgentServiceDep, SettingsDep, page_body
+from api.dependencies import AgentServiceDep, PrincipalDep, SettingsDep, page_body
 from api.core.envelope import ok
+from api.observability.audit import audited
 from api.routers.openapi import IDEMPOTENT, errors, streams
 from api.routers.streaming import event_stream, wants_stream
 from api.schemas.agent_records import MessageList, SessionPublic, TurnPublic
@@ -45,6 +46,8 @@ async def list_messages(session_id: SessionId, agents: AgentServiceDep, limit: L
 
 @router.delete("/{session_id}", response_model=Envelope[SessionDeleted],
                responses=errors("RESOURCE_NOT_FOUND"))
-async def delete_session(session_id: SessionId, agents: AgentServiceDep) -> JSONResponse:
-    await agents.delete_session(session_id=session_id)
+async def delete_session(session_id: SessionId, agents: AgentServiceDep,
+                         principal: PrincipalDep) -> JSONResponse:
+    with audited("session.delete", principal=principal, target_type="session", target_id=session_id):
+        await agents.delete_session(session_id=session_id)
     return ok({"session_id": session_id, "deleted": True})

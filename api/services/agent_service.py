@@ -17,6 +17,7 @@ from api.providers.base import ModelError, ModelRequest, TextDelta
 from api.providers.client import ModelCall, ModelClient, StreamProgress
 from api.schemas.agents import AgentStatusUpdate, AgentUpdate, SessionCreate
 from api.services.conversation import HISTORY_MESSAGES, conversation, model_trace
+from api.services.limits import Limits
 from api.services.tenancy import TenantScoped
 
 logger = logging.getLogger("api.services.agent_service")
@@ -24,6 +25,9 @@ logger = logging.getLogger("api.services.agent_service")
 # A stream with nothing to say for this long sends a comment, so that proxies and clients
 # do not take a slow model for a dead connection.
 HEARTBEAT_SECONDS = 10.0
+# Past the model call's deadline, before a dead process's in-flight slot is free: recording
+# the invocation takes a moment after the call ends.
+SLOT_MARGIN_SECONDS = 30.0
 STAT_FIELDS = ("total_invocations", "successful_invocations", "failed_invocations",
                "cancelled_invocations", "total_duration_ms", "last_invoked_at",
                "total_input_tokens", "total_output_tokens", "ttft_ms_total", "ttft_count")
@@ -69,6 +73,8 @@ class PreparedTurn:
     input_text: str
     request: ModelRequest
     trace: list[Record]
+    # The in-flight limits' pools whose slots the turn holds until its call ends.
+    slots: list[str]
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,9 @@ class Heartbeat:
 
 
 class AgentService(TenantScoped):
-    def __init__(self, *, store: Store, client: ModelClient, settings: Settings) -> None:
+    def __init__(self, *, store: Store, client: ModelClient, settings: Settings,
+                 limits: Limits) -> None:
+        self.limits = limits
         self.store = store
         self.client = client
         self.settings = settings
@@ -165,8 +173,14 @@ class AgentService(TenantScoped):
             max_output_tokens=self.settings.model_max_output_tokens,
             temperature=self.settings.model_temperature, purpose="invoke",
             inputs={"agent": agent, "input_text": input_text, "history": talk.history})
-        return PreparedTurn(invocation_id=ids.invocation_id(), agent=agent, session_id=session_id,
-                            input_text=input_text, request=request, trace=talk.trace)
+        invocation_id = ids.invocation_id()
+        # Last, once nothing else can refuse the turn: from here `run` releases the slots. A
+        # turn never run (its client left before the stream began) frees them at the
+        # model call's deadline.
+        slots = await self.limits.hold_invocation(self.principal, invocation_id,
+                                                  self.client.deadline_seconds + SLOT_MARGIN_SECONDS)
+        return PreparedTurn(invocation_id=invocation_id, agent=agent, session_id=session_id,
+                            input_text=input_text, request=request, trace=talk.trace, slots=slots)
 
     async def run(self, turn: PreparedTurn) -> AsyncIterator[TextDelta | Heartbeat | Turn]:
         """The model's text as it comes (with a Heartbeat after each quiet HEARTBEAT_SECONDS),
@@ -198,12 +212,17 @@ class AgentService(TenantScoped):
         await asyncio.gather(*self._calls, return_exceptions=True)
 
     async def _call(self, turn: PreparedTurn, emit: Callable[[TextDelta | Turn | BaseException], None]) -> None:
+        outcome: Turn | BaseException
         try:
-            emit(await self._answer(turn, emit))
+            outcome = await self._answer(turn, emit)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a failed answer, a store failure, a bug: the consumer raises it
-            emit(exc)
+            outcome = exc
+        finally:
+            # Before the answer goes out: a client that has it may invoke again at once.
+            await self.limits.release_invocation(self.principal, turn.invocation_id, turn.slots)
+        emit(outcome)
 
     async def _answer(self, turn: PreparedTurn, emit: Callable[[TextDelta], None]) -> Turn:
         """Stream the model's answer through `emit` and record the invocation, whatever its
@@ -275,6 +294,8 @@ class AgentService(TenantScoped):
                                                messages=messages)
         except LookupError as exc:
             raise NotFound("agent or session", session_id or turn.agent["agent_id"]) from exc
+        await self.limits.spend_tokens(self.principal,
+                                       invocation["input_tokens"] + invocation["output_tokens"])
         status = invocation["status"]
         metrics.record_invocation(status=status, seconds=invocation["duration_ms"] / 1000)
         logger.info("Agent invoked", extra={

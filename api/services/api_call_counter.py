@@ -31,7 +31,12 @@ class ApiCallCounter:
     def count(self, tenant_id: str) -> None:
         self._pending[(tenant_id, today())] += 1
 
-    def pending(self, tenant_id: str, date: str) -> int:
+    def pending(self, tenant_id: str | None, date: str) -> int:
+        """Requests of `date` not stored yet: the tenant's, or with None (an operator's
+        platform-wide statistics) every tenant's."""
+        if tenant_id is None:
+            return sum(count for counter in (self._pending, self._flushing)
+                       for (_, day), count in counter.items() if day == date)
         return self._pending[(tenant_id, date)] + self._flushing[(tenant_id, date)]
 
     async def flush(self) -> None:
@@ -47,7 +52,10 @@ class ApiCallCounter:
             except StoreError:
                 logger.warning("Could not store API call counts; keeping them for the next flush")
                 self._pending.update({(tenant_id, date): n for date, n in counts.items()})
-        self._flushing = Counter()
+            # Stored, or back in _pending: a read while the next tenant's write runs must not
+            # count these twice.
+            for date in counts:
+                del self._flushing[(tenant_id, date)]
 
     async def _flush_forever(self) -> None:
         while True:

@@ -46,8 +46,14 @@ def public(key: ApiKey) -> dict[str, Any]:
     return {name: value for name, value in asdict(key).items() if name != "secret_hash"}
 
 
+def key_details(key: ApiKey) -> dict[str, Any]:
+    """What the audit trail says of a key made or revoked (its id is the line's target)."""
+    return {"role": key.role, "name": key.name, "expires_at": key.expires_at}
+
+
 def principal_of(key: ApiKey) -> Principal:
-    return Principal(tenant_id=key.tenant_id, role=key.role, user_id=key.name or key.key_id)
+    return Principal(tenant_id=key.tenant_id, role=key.role, user_id=key.name or key.key_id,
+                     key_id=key.key_id)
 
 
 class KeyService:

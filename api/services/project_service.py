@@ -13,6 +13,7 @@ from api.database.store import ACTIVE_BUILD_STATUSES, PROJECT_STATUS_FOR_BUILD, 
 from api.engine.build_engine import BuildEngine
 from api.engine.stages import STAGE_NAMES
 from api.schemas.projects import ProjectControl, ProjectCreate
+from api.services.limits import Limits
 from api.services.tenancy import TenantScoped
 
 logger = logging.getLogger("api.services.project_service")
@@ -54,7 +55,8 @@ def _stage_summary(stage: Record) -> Record:
 
 
 class ProjectService(TenantScoped):
-    def __init__(self, *, store: Store, engine: BuildEngine) -> None:
+    def __init__(self, *, store: Store, engine: BuildEngine, limits: Limits) -> None:
+        self.limits = limits
         self.store = store
         self.engine = engine
 
@@ -79,6 +81,7 @@ class ProjectService(TenantScoped):
     async def create(self, *, body: ProjectCreate) -> Record:
         if not self.engine.accepting:
             raise ServiceUnavailable("The service is shutting down and accepts no new builds.")
+        await self.limits.admit_build(self.principal)
         project_id = ids.project_id()
         user_id = self.user_of(body.user_id)
         bind(project_id=project_id)
@@ -133,6 +136,7 @@ class ProjectService(TenantScoped):
                 f"Cannot {body.action} a project whose status is {project['status']!r}",
                 details={"status": project["status"], "action": body.action})
         if body.action == "restart":
+            await self.limits.admit_build(self.principal)
             applied = await self.engine.restart(tenant_id=self.tenant_id, project_id=project_id)
         else:
             act = {"pause": self.engine.pause, "resume": self.engine.resume, "stop": self.engine.stop}

@@ -19,6 +19,8 @@ class TenantScoped:
 
     tenant_id: str | None = DEFAULT_TENANT
     acting_user: str | None = None
+    # Whose limits the service's work counts against (api.services.limits): none without a key.
+    principal = Principal(tenant_id=DEFAULT_TENANT, role="admin", user_id=None)
 
     def acting_as(self, principal: Principal) -> Self:
         """This service acting for `principal`: a shallow copy, sharing the store, the engine,
@@ -26,6 +28,7 @@ class TenantScoped:
         where copy.copy took 6.6 µs."""
         scoped = object.__new__(type(self))
         scoped.__dict__.update(self.__dict__)
+        scoped.principal = principal
         scoped.tenant_id = principal.tenant_id
         scoped.acting_user = principal.user_id
         return scoped

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from tests.conftest import REPO, ServerProcess
+from tests.secrets_check import record_secret
 from tests.tooling import tool
 
 CONFIG = REPO / "schemathesis.toml"
@@ -27,11 +28,17 @@ def test_schemathesis_finds_nothing_against_a_live_server(
     schemathesis = tool("schemathesis", "pip install -e '.[test]'")
     # Production: API keys. An admin's key reaches every operation; the document is an operator's.
     token = secrets.token_urlsafe(32)
+    # Without rate limits: thousands of requests a minute, and ignored_auth's refusals, would
+    # meet them (tests/routers/test_limits.py tests them).
+    unlimited = {name: "0" for name in ("KEY_REQUESTS_PER_MINUTE", "TENANT_REQUESTS_PER_MINUTE",
+                                        "KEY_BUILDS_PER_HOUR", "TENANT_BUILDS_PER_HOUR",
+                                        "KEY_INVOCATIONS_IN_FLIGHT", "AUTH_FAILURES_PER_MINUTE")}
     server = server_factory(OFFLINE_STAGE_DELAY_SECONDS="0", ENVIRONMENT="production",
-                            OPERATOR_TOKEN=token, LOG_DIR=str(tmp_path / "logs"))
+                            OPERATOR_TOKEN=token, LOG_DIR=str(tmp_path / "logs"), **unlimited)
     key = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--tenant", "default",
                           "--role", "admin", "--name", "schemathesis"], env=server.env, cwd=tmp_path,
                          capture_output=True, text=True, check=True).stdout.strip()
+    record_secret(key)
     document = tmp_path / "openapi.json"
     document.write_bytes(httpx.get(f"{server.base_url}/openapi.json",
                                    headers={"Authorization": f"Bearer {token}"}).content)

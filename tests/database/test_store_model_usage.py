@@ -208,7 +208,7 @@ async def test_an_sqlite_file_of_migration_0001_migrates_on_open_and_keeps_its_r
     finally:
         await store.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 7  # every migration applied, up to 0007 (API keys)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 8  # every migration applied, up to 0008 (rate limits)
     conn.close()
 
 

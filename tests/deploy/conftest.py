@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, free_port
+from tests.secrets_check import record_env_secrets, record_secret
 
 DEPLOY = REPO / "scripts" / "deploy.sh"
 
@@ -66,6 +67,8 @@ class Deployment:
                                       "default", "--role", "admin", "--name", "deploy-test"],
                                      env={k: v for k, v in self.env.items() if k != "PROMETHEUS_MULTIPROC_DIR"},
                                      cwd=REPO, capture_output=True, text=True, check=True)
+            record_secret(created.stdout.strip())
+            record_env_secrets(self.env)
             self.headers = {"Authorization": f"Bearer {created.stdout.strip()}"}
             self.operator_headers = {"Authorization": f"Bearer {self.env['OPERATOR_TOKEN']}"}
 

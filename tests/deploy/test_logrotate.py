@@ -1,5 +1,5 @@
 """The shipped logrotate policy, run by the real logrotate while requests flow: no line lost,
-new lines in the new file."""
+new lines in the new file, the audit trail's (audit.log) as the others'."""
 
 import json
 import subprocess
@@ -23,9 +23,24 @@ def _access_ids(files: list[Path]) -> list[str]:
     return ids
 
 
+def _audited_request_ids(path: Path) -> list[str]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [line["request_id"] for line in lines if line["request_id"]]
+
+
+def _audited_delete(deployment: Deployment, request_id: str) -> None:
+    """An audited act (the delete of a project that does not exist: 404) with this request id."""
+    response = httpx.delete(f"{deployment.base_url}/api/v1/projects/proj_gone", timeout=10,
+                            headers={**deployment.headers, "X-Request-ID": request_id})
+    assert response.status_code == 404
+
+
 def test_forced_rotation_under_steady_requests_loses_no_line(deployment: Deployment) -> None:
     logrotate = tool("logrotate", "apt-get install logrotate")
     assert deployment.run("start").returncode == 0
+    audit_log = deployment.logs / "audit.log"
+    _audited_delete(deployment, "audit-before")
+    wait_until(lambda: "audit-before" in _audited_request_ids(audit_log), what="the audit line")
     policy = (REPO / "deploy" / "logrotate" / "nexus-ai").read_text()
     config = deployment.root / "logrotate.conf"
     config.write_text(policy.replace("/opt/nexus-ai/logs", str(deployment.logs))
@@ -52,6 +67,7 @@ def test_forced_rotation_under_steady_requests_loses_no_line(deployment: Deploym
                                  env=deployment.env, capture_output=True, text=True, timeout=60)
         assert rotated.returncode == 0, rotated.stderr
         at_rotation = len(answered)
+        _audited_delete(deployment, "audit-after")
         wait_until(lambda: len(answered) >= at_rotation + 50, what="requests after the rotation")
     finally:
         stop.set()
@@ -65,6 +81,10 @@ def test_forced_rotation_under_steady_requests_loses_no_line(deployment: Deploym
     assert sorted(logged) == sorted(answered), "every answered request has exactly one line"
     assert _access_ids([current]), "new lines go to the new file"
     assert _access_ids([previous]), "earlier lines stay in the rotated file"
+    # The audit trail too: rotated, and its next line in the new file.
+    wait_until(lambda: "audit-after" in _audited_request_ids(audit_log), what="the audit line after")
+    assert _audited_request_ids(audit_log) == ["audit-after"]
+    assert _audited_request_ids(deployment.logs / "audit.log.1") == ["audit-before"]
     assert deployment.run("status").returncode == 0
 
 

@@ -3,10 +3,18 @@ writes that make them meaningful).
 
     locust -f tests/load/locustfile.py --host http://localhost:8000
 
+Against a server that needs keys (AUTH_MODE=api_key, production's default), put a key in
+NEXUS_API_KEY: every request then sends `Authorization: Bearer <key>`. The scenario creates
+projects and invokes agents and deletes nothing, so a builder's key is enough:
+
+    NEXUS_API_KEY=$(nexus-ai keys create --tenant load --role builder --name locust) \
+        locust -f tests/load/locustfile.py --host http://localhost:8000
+
 Every id used exists: each user creates a project at start and reads ids from the API, so
 the load measures real reads and invocations rather than 404s.
 """
 
+import os
 import random
 
 from locust import HttpUser, between, task
@@ -19,11 +27,16 @@ REQUIREMENTS = (
     "Summarize research papers on a topic and format citations for a literature review",
 )
 
+# Unset or empty: no key is sent (a development server, AUTH_MODE=none).
+API_KEY = os.environ.get("NEXUS_API_KEY", "").strip()
+
 
 class APIUser(HttpUser):
     wait_time = between(1, 3)
 
     def on_start(self) -> None:
+        if API_KEY:
+            self.client.headers["Authorization"] = f"Bearer {API_KEY}"
         self.project_ids: list[str] = []
         self.agent_ids: list[str] = []
         self.create_project()

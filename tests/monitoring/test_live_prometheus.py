@@ -29,6 +29,7 @@ from tests.conftest import (
     free_port,
     wait_until,
 )
+from tests.secrets_check import record_secret
 from tests.tooling import tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -90,6 +91,7 @@ def prometheus(request: pytest.FixtureRequest, tmp_path: Path, server_factory: A
     key = subprocess.run([sys.executable, "-m", "api.cli", "keys", "create", "--tenant", "default",
                           "--role", "admin"], env=server.env, cwd=tmp_path, capture_output=True,
                          text=True, check=True).stdout.strip()
+    record_secret(key)
     worker = None
     if split:
         # On the API's data directory (the same SQLite file), its probes and /metrics on a port

@@ -573,6 +573,12 @@ def assert_pod_basics(deployment: dict[str, Any], documents: dict[str, dict[str,
     assert {mount["name"] for mount in container["volumeMounts"]} == volumes
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
     assert {configmap["data"]["DATA_DIR"], configmap["data"]["LOG_DIR"]} <= mounts
+    # OPERATOR_TOKEN (Prometheus's credential for /metrics) from its own Secret, required, and
+    # never from the ConfigMap, which is not secret.
+    [token] = [entry for entry in container["env"] if entry["name"] == "OPERATOR_TOKEN"]
+    assert token["valueFrom"] == {"secretKeyRef": {"name": "nexus-ai-operator-token",
+                                                   "key": "OPERATOR_TOKEN"}}
+    assert "OPERATOR_TOKEN" not in configmap["data"]
 
 
 def test_kubernetes_deployment() -> None:
@@ -606,7 +612,8 @@ def test_kubernetes_worker_deployment() -> None:
     assert "PROMETHEUS_MULTIPROC_DIR" in command[command.index("-u") + 1::2]
     assert "PROMETHEUS_MULTIPROC_DIR" not in configmap
     assert container["ports"] == [{"name": "metrics", "containerPort": 8001, "protocol": "TCP"}]
-    assert "env" not in container  # RUN_BUILDS means nothing to a worker
+    # RUN_BUILDS means nothing to a worker; its /metrics needs the operator token as the API's.
+    assert [entry["name"] for entry in container["env"]] == ["OPERATOR_TOKEN"]
     assert container["envFrom"] == pod_container(api)[1]["envFrom"]
     # Not selected by the API's Service, and it selects no API pod.
     service_selector = documents["Service"]["spec"]["selector"]

@@ -180,14 +180,16 @@ def test_two_workers_count_every_request_exactly_once(server_factory: Serve, tmp
     assert left == [], "stopped workers leave no live gauges behind"
 
 
-def requests_per_worker(multiproc_dir: Path) -> dict[int, float]:
-    """GET /api/v1/projects as each worker process counted it in its own file."""
+def requests_per_worker(multiproc_dir: Path, status: str | None = None) -> dict[int, float]:
+    """GET /api/v1/projects (answered `status`, given) as each worker process counted it in
+    its own file."""
     counts = {}
     for path in multiproc_dir.glob("counter_*.db"):
         counts[int(path.stem.split("_")[1])] = sum(
             value for key, value, _, _ in MmapedDict.read_all_values_from_file(str(path))
             if json.loads(key)[1] == "http_requests_total"
-            and json.loads(key)[2].get("route") == "/api/v1/projects")
+            and json.loads(key)[2].get("route") == "/api/v1/projects"
+            and status in (None, json.loads(key)[2].get("status")))
     return counts
 
 

@@ -8,6 +8,7 @@ from api.database.dynamodb.idempotency import DynamoDBIdempotency
 from api.database.dynamodb.keys import CLEANUP_PK, _parse_cleanup_sk
 from api.database.dynamodb.layout import DynamoDBLayout
 from api.database.dynamodb.leases import DynamoDBLeases
+from api.database.dynamodb.limits import DynamoDBLimits
 from api.database.dynamodb.projects import DynamoDBProjects
 from api.database.dynamodb.sessions import DynamoDBSessions
 from api.database.dynamodb.statistics import DynamoDBStatistics
@@ -17,7 +18,8 @@ logger = logging.getLogger("api.database.dynamodb")
 
 
 class DynamoDBStore(DynamoDBProjects, DynamoDBLeases, DynamoDBAgents, DynamoDBSessions,
-                    DynamoDBStatistics, DynamoDBIdempotency, DynamoDBApiKeys, DynamoDBLayout, Store):
+                    DynamoDBStatistics, DynamoDBIdempotency, DynamoDBApiKeys, DynamoDBLimits,
+                    DynamoDBLayout, Store):
     """The store `STORAGE_BACKEND=dynamodb` runs."""
 
     async def _finish_interrupted_deletes(self) -> None:
