@@ -20,7 +20,7 @@ from tests.tooling import missing, require_model_server, tool
 
 REPO = Path(__file__).resolve().parents[2]
 # Rows each item reports, and whether they carry a target.
-EXPECTED_ROWS = {1: (2, True), 2: (2, True), 3: (1, False), 4: (1, True), 5: (1, True),
+EXPECTED_ROWS = {1: (3, True), 2: (2, True), 3: (1, False), 4: (1, True), 5: (1, True),
                  6: (4, None), 7: (1, True), 8: (2, False),
                  9: (3, None), 10: (1, True), 11: (1, True), 12: (2, None), 13: (2, False)}
 GENERIC_STACK = ("prometheus_fastapi_instrumentator", "asgi_correlation_id", "pythonjsonlogger")
