@@ -48,6 +48,12 @@ def _allowed_methods(request: Request) -> str:
 
 
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+    return api_error_response(exc)
+
+
+def api_error_response(exc: ApiError) -> JSONResponse:
+    """A service's error in the envelope, with its headers (a 429's Retry-After): also how the
+    middleware answer the ones they raise before any route runs."""
     return error_response(exc.code, exc.message, details=exc.details, headers=exc.headers)
 
 
@@ -95,22 +101,22 @@ def store_error_response(exc: StoreError) -> JSONResponse:
     """Store errors by kind; the same on every backend. Only the kinds about the caller's input
     say what the store said: the others may name tables, files or the backend's error text."""
     if isinstance(exc, InvalidCursor):
-        return error_response("VALIDATION_ERROR", str(exc), details=[
+        return error_response(exc.code, str(exc), details=[
             {"field": "last_key", "location": "query", "message": str(exc), "type": "invalid_cursor"}])
     if isinstance(exc, InvalidValue):
-        return error_response("VALIDATION_ERROR", str(exc), details=[
+        return error_response(exc.code, str(exc), details=[
             {"field": exc.field, "location": "body", "message": exc.reason, "type": "value_error"}])
     if isinstance(exc, RecordTooLarge):
-        return error_response("PAYLOAD_TOO_LARGE", f"Too large to store: {exc}", details=[
+        return error_response(exc.code, f"Too large to store: {exc}", details=[
             {"field": exc.field, "location": "body", "message": str(exc), "type": "record_too_large"}])
     if isinstance(exc, RecordConflict):
         logger.warning("Database conflict", extra={"error": str(exc)})
-        return error_response("RESOURCE_CONFLICT",
-                              "The record kept changing while it was written; nothing was stored.")
+        return error_response(exc.code, "The record kept changing while it was written; "
+                                        "nothing was stored.")
     logger.error("Database error", extra={"error": str(exc)})
     headers = ({"Retry-After": str(exc.retry_after_seconds)} if isinstance(exc, StoreThrottled)
                else None)
-    return error_response("DATABASE_ERROR", "The database could not complete the request.",
+    return error_response(exc.code, "The database could not complete the request.",
                           headers=headers)
 
 

@@ -25,6 +25,7 @@ from api.config import Settings
 from api.core.context import bind
 from api.core.envelope import error_response
 from api.core.errors import RateLimited
+from api.core.handlers import api_error_response, store_error_response
 from api.core.principal import OPERATOR, PROBES, Principal
 from api.core.store_errors import StoreError
 from api.database.store import DEFAULT_TENANT
@@ -106,12 +107,10 @@ class AuthMiddleware:
         try:
             headers = await state.limits.admit_request(principal)
         except RateLimited as refused:
-            await error_response(refused.code, refused.message, details=refused.details,
-                                 headers=refused.headers)(scope, receive, send)
+            await api_error_response(refused)(scope, receive, send)
             return
-        except StoreError:
-            await error_response("DATABASE_ERROR", "The database could not count the request "
-                                 "against its rate limit.")(scope, receive, send)
+        except StoreError as exc:
+            await store_error_response(exc)(scope, receive, send)
             return
         await self.app(scope, receive, _with_headers(send, headers) if headers else send)
 
@@ -157,7 +156,6 @@ class AuthMiddleware:
         audit.authentication_failed(reason=reason,
                                     error_code="AUTHENTICATION_REQUIRED" if over is None else over.code)
         if over is not None:
-            return error_response(over.code, over.message, details=over.details,
-                                  headers=over.headers)
+            return api_error_response(over)
         return error_response("AUTHENTICATION_REQUIRED", REFUSALS[reason],
                               headers={"WWW-Authenticate": 'Bearer realm="nexus-ai"'})

@@ -31,7 +31,7 @@ from typing import Any
 from api.core.context import client_address_var, request_id_var
 from api.core.errors import ApiError
 from api.core.principal import Principal
-from api.core.store_errors import RecordConflict, StoreError
+from api.core.store_errors import StoreError
 
 AUDIT_LOGGER = "nexus_ai.audit"
 # The `role` of what `nexus-ai keys` does: the command line manages every tenant's keys.
@@ -109,13 +109,10 @@ class AuditedAct:
 
 
 def _error_code(exc: BaseException) -> str:
-    """The code the act's failure is answered with (api.core.handlers)."""
-    if isinstance(exc, ApiError):
+    """The code the act's failure is answered with (api.core.handlers): the API's and the
+    store's errors carry theirs."""
+    if isinstance(exc, (ApiError, StoreError)):
         return exc.code
-    if isinstance(exc, RecordConflict):
-        return "RESOURCE_CONFLICT"
-    if isinstance(exc, StoreError):
-        return "DATABASE_ERROR"
     if isinstance(exc, ValueError):
         return "VALIDATION_ERROR"
     if isinstance(exc, asyncio.CancelledError):
