@@ -31,6 +31,7 @@ import httpx
 
 from api.config import Settings
 from api.core import ids
+from api.core.records import Build, Invocation, Project
 from api.database.store import DEFAULT_TENANT as TENANT, Store
 from api.main import create_app
 from bench.machine import describe
@@ -125,30 +126,26 @@ async def seed(client: Client, size: int) -> dict[str, Any]:
     for n in range(size - len(real)):
         at = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now - n)) + ".000000Z"
         project_id = ids.project_id()
-        build = {"build_id": ids.build_id(), "project_id": project_id, "status": "queued",
-                 "progress": 0.0, "current_stage": None, "stages": [], "context": {},
-                 "error": None, "request_id": None, "owner": None, "lease_until": None,
-                 "created_at": at, "started_at": at, "finished_at": None, "updated_at": at}
-        await store.create_project(tenant_id=TENANT, project={
-            "project_id": project_id, "user_id": f"user{n % 10}", "project_name": f"bulk {n}",
-            "requirement": REQUIREMENTS[n % 2], "priority": 3, "tags": ["bench"],
-            "status": "pending", "progress": 0.0, "current_stage": None,
-            "latest_build_id": build["build_id"], "created_at": at, "updated_at": at}, build=build)
-        await store.update_build(tenant_id=TENANT, build_id=build["build_id"], expect_status=("queued",), changes={
+        build = Build(tenant_id=TENANT, build_id=ids.build_id(), project_id=project_id,
+                      status="queued", progress=0.0, current_stage=None, stages=[], context={},
+                      created_at=at, started_at=at, updated_at=at)
+        await store.create_project(tenant_id=TENANT, project=Project(
+            tenant_id=TENANT, project_id=project_id, user_id=f"user{n % 10}",
+            project_name=f"bulk {n}", requirement=REQUIREMENTS[n % 2], priority=3, tags=["bench"],
+            status="pending", progress=0.0, current_stage=None, latest_build_id=build.build_id,
+            created_at=at, updated_at=at), build=build)
+        await store.update_build(tenant_id=TENANT, build_id=build.build_id, expect_status=("queued",), changes={
             "status": "succeeded", "progress": 100.0, "finished_at": at, "updated_at": at,
             "duration_seconds": 42.0})
-        agent = {key: value for key, value in template.items()
-                 if key not in ("total_invocations", "successful_invocations",
-                                "failed_invocations", "total_duration_ms", "last_invoked_at")}
-        agent.update(agent_id=f"{project_id}:{template['agent_name']}", project_id=project_id,
-                     build_id=build["build_id"], created_at=at, updated_at=at)
+        agent = template.model_copy(update={
+            "agent_id": f"{project_id}:{template.agent_name}", "project_id": project_id,
+            "build_id": build.build_id, "created_at": at, "updated_at": at})
         await store.put_agent(tenant_id=TENANT, agent=agent)
         for _ in range(2):
-            await store.record_invocation(tenant_id=TENANT, messages=[], invocation={
-                "invocation_id": ids.invocation_id(), "agent_id": agent["agent_id"],
-                "project_id": project_id, "session_id": None, "input_text": "hello",
-                "output": "hi", "status": "success", "error": None, "duration_ms": 3.0,
-                "trace": [], "created_at": at})
+            await store.record_invocation(tenant_id=TENANT, messages=[], invocation=Invocation(
+                tenant_id=TENANT, invocation_id=ids.invocation_id(), agent_id=agent.agent_id,
+                project_id=project_id, input_text="hello", output="hi", status="success",
+                duration_ms=3.0, trace=[], created_at=at))
     page = await client.call("GET", "/api/v1/projects", params={"limit": 5})
     agent_id = agents[0]["agent_id"]
     session = await client.call("POST", f"/api/v1/agents/{agent_id}/sessions", json={})

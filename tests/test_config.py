@@ -67,7 +67,7 @@ def test_init_db_creates_the_database_idempotently(tmp_path: Path) -> None:
     import sqlite3
 
     with sqlite3.connect(tmp_path / "data" / "nexus-ai.db") as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 8  # up to 0008 (rate limits)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 9  # up to 0009 (project description)
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"projects", "builds", "agents", "invocations", "sessions", "messages", "counters"} <= tables

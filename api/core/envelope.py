@@ -5,6 +5,7 @@ from typing import Any
 
 import orjson
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from api.core.clock import utc_now
 from api.core.context import request_id_var
@@ -36,7 +37,14 @@ class EnvelopeResponse(JSONResponse):
     (docs/PERFORMANCE.md, F4)."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """What orjson cannot write itself: the records (api.core.records) a service answers."""
+    if isinstance(value, BaseModel):
+        return value.model_dump()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 def success_body(data: Any) -> dict[str, Any]:

@@ -10,8 +10,8 @@ instance) got there first.
 Tenants: every record of a project, build, artifact, agent, invocation, session and message
 carries the `tenant_id` it was written for, and every method takes `tenant_id` and reads,
 lists, counts and deletes within it only, through keys and indexes that lead with it: a record
-of another tenant is exactly as absent as one that does not exist. Writes set each record's
-`tenant_id` from the argument (a caller never has to). Two kinds of method span tenants:
+of another tenant is exactly as absent as one that does not exist. Writes store each record
+under the `tenant_id` argument, which the record read back carries. Two kinds of method span tenants:
 the engine's lease methods (`list_claimable_builds`, `renew_leases`: one engine serves every
 tenant, and the builds they return carry their `tenant_id`), and the statistics reads with
 `tenant_id=None`, the platform-wide totals operators see. Idempotency keys are a tenant's
@@ -24,14 +24,21 @@ platform-wide.
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-Record = dict[str, Any]
+from api.core.records import (
+    Agent, Artifact, Build, BuildLogLine, Invocation, Message, Project, Session, StoredRecord)
+
+R = TypeVar("R", bound=StoredRecord)
+T = TypeVar("T")
+# A partial update: record fields by name, each value a record's own or what validates into it
+# (StoredRecord.changed applies it).
+Changes = dict[str, Any]
 
 
 @dataclass
-class Page:
-    items: list[Record]
+class Page(Generic[T]):
+    items: list[T]
     last_key: str | None = None
 
 
@@ -48,17 +55,17 @@ class ProjectStore(abc.ABC):
     """Projects, their builds, the builds' stage logs and artifacts."""
 
     @abc.abstractmethod
-    async def create_project(self, *, tenant_id: str, project: Record, build: Record) -> None:
+    async def create_project(self, *, tenant_id: str, project: Project, build: Build) -> None:
         """Insert a project with its first (queued) build and count the build."""
 
     @abc.abstractmethod
-    async def get_project(self, *, tenant_id: str, project_id: str) -> Record | None: ...
+    async def get_project(self, *, tenant_id: str, project_id: str) -> Project | None: ...
 
     @abc.abstractmethod
     async def list_projects(
         self, *, tenant_id: str, limit: int, last_key: str | None, status: str | None = None,
         user_id: str | None = None,
-    ) -> Page:
+    ) -> Page[Project]:
         """Newest first."""
 
     @abc.abstractmethod
@@ -66,60 +73,66 @@ class ProjectStore(abc.ABC):
         """Delete the project and everything under it. Builds still active count as cancelled."""
 
     @abc.abstractmethod
-    async def add_build(self, *, tenant_id: str, build: Record) -> bool:
+    async def add_build(self, *, tenant_id: str, build: Build) -> bool:
         """Queue a new build of an existing project whose latest build is finished.
 
         False when the project is gone or its latest build is still active."""
 
     @abc.abstractmethod
-    async def get_build(self, *, tenant_id: str, build_id: str) -> Record | None: ...
+    async def get_build(self, *, tenant_id: str, build_id: str) -> Build | None: ...
 
     @abc.abstractmethod
-    async def get_project_with_latest_build(self, *, tenant_id: str, project_id: str) -> tuple[Record, Record] | None:
+    async def get_project_with_latest_build(self, *, tenant_id: str, project_id: str) -> tuple[Project, Build] | None:
         """The project and its latest build (None when either is missing): one snapshot where
         the backend has them (SQLite), two reads where it does not (DynamoDB)."""
 
     @abc.abstractmethod
-    async def list_builds(self, *, tenant_id: str, project_id: str, limit: int, last_key: str | None) -> Page:
+    async def list_builds(self, *, tenant_id: str, project_id: str, limit: int, last_key: str | None) -> Page[Build]:
         """Newest first."""
 
     @abc.abstractmethod
     async def update_build(
-        self, *, tenant_id: str, build_id: str, changes: Record, expect_status: tuple[str, ...],
-        expect_owner: str | None = None, logs: Sequence[Record] = (),
-        artifacts: Sequence[Record] = (),
+        self, *, tenant_id: str, build_id: str, changes: Changes, expect_status: tuple[str, ...],
+        expect_owner: str | None = None, logs: Sequence[BuildLogLine] = (),
+        artifacts: Sequence[Artifact] = (),
     ) -> bool:
         """Apply `changes` to the build (and mirror status, progress and stage on its
         project) if its status is one of `expect_status` (and, given, its owner matches).
 
-        `changes` may carry `usage` ({calls, input_tokens, output_tokens, tokens_estimated,
-        duration_ms}: the model use of the build's stages so far), returned by get_build and
-        list_builds (None on builds that never recorded any).
+        `changes` may carry `usage` (BuildUsage: the model use of the build's stages so far).
         A change to a final status updates the build aggregates in the same transaction,
         the build's usage tokens (as changed, else as stored) included.
-        `logs` (stage, timestamp, level, message) are appended to the build's stage logs and
-        `artifacts` (project_id, build_id, path, stage, content, size, created_at) upserted by
+        `logs` are appended to the build's stage logs and `artifacts` upserted by
         (project_id, path) with the change: a build step's output and progress are one write.
         Lines are written only when the change is; so are artifacts on SQLite (one
         transaction), while DynamoDB writes them first, so that a step is never recorded
         complete without its output."""
 
     @abc.abstractmethod
-    async def list_build_logs(self, *, tenant_id: str, build_id: str, stage: str) -> list[Record]: ...
+    async def list_build_logs(self, *, tenant_id: str, build_id: str, stage: str) -> list[BuildLogLine]: ...
 
     @abc.abstractmethod
-    async def list_artifacts(self, *, tenant_id: str, project_id: str) -> list[Record]:
+    async def list_artifacts(self, *, tenant_id: str, project_id: str) -> list[Artifact]:
         """Without content, ordered by path."""
 
     @abc.abstractmethod
-    async def get_artifact(self, *, tenant_id: str, project_id: str, path: str) -> Record | None: ...
+    async def get_artifact(self, *, tenant_id: str, project_id: str, path: str) -> Artifact | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedBuild:
+    """A build whose lease an engine renewed: enough to see what became of it."""
+
+    tenant_id: str
+    build_id: str
+    status: str
 
 
 class LeaseStore(abc.ABC):
     """How engines share builds: claims under a lease that the owner renews."""
 
     @abc.abstractmethod
-    async def list_claimable_builds(self, *, now: str, limit: int) -> list[Record]:
+    async def list_claimable_builds(self, *, now: str, limit: int) -> list[Build]:
         """Builds an engine may take: unowned in CLAIMABLE_UNOWNED_STATUSES, or active and
         owned under an expired lease; oldest first."""
 
@@ -128,7 +141,7 @@ class LeaseStore(abc.ABC):
         """Take a claimable build. Queued builds become running; others keep their status."""
 
     @abc.abstractmethod
-    async def renew_leases(self, *, owner: str, lease_until: str) -> list[Record]:
+    async def renew_leases(self, *, owner: str, lease_until: str) -> list[LeasedBuild]:
         """Extend the lease of every active build this owner holds; returns those builds
         (the owner learns about control actions sent to other instances from them)."""
 
@@ -143,68 +156,62 @@ class AgentStore(abc.ABC):
     """Agents and their invocations."""
 
     @abc.abstractmethod
-    async def put_agent(self, *, tenant_id: str, agent: Record, expect_owner: str | None = None) -> bool:
+    async def put_agent(self, *, tenant_id: str, agent: Agent, expect_owner: str | None = None) -> bool:
         """Register or re-register (a rebuilt project) an agent, keeping its runtime stats.
 
-        With `expect_owner`, only while the agent's build (`agent["build_id"]`) is still held
+        With `expect_owner`, only while the agent's build (`agent.build_id`) is still held
         (HELD_BUILD_STATUSES) by that owner: a build stopped or deleted meanwhile (perhaps
         through another instance) registers nothing. False when nothing was registered."""
 
     @abc.abstractmethod
-    async def get_agent(self, *, tenant_id: str, agent_id: str) -> Record | None: ...
+    async def get_agent(self, *, tenant_id: str, agent_id: str) -> Agent | None: ...
 
     @abc.abstractmethod
     async def list_agents(
         self, *, tenant_id: str, limit: int, last_key: str | None, project_id: str | None = None,
         status: str | None = None, category: str | None = None,
         capabilities: list[str] | None = None,
-    ) -> Page:
+    ) -> Page[Agent]:
         """Newest first; `capabilities` matches agents having any of them."""
 
     @abc.abstractmethod
-    async def update_agent(self, *, tenant_id: str, agent_id: str, changes: Record) -> Record | None:
+    async def update_agent(self, *, tenant_id: str, agent_id: str, changes: Changes) -> Agent | None:
         """Returns the updated agent, None when it does not exist."""
 
     @abc.abstractmethod
     async def delete_agent(self, *, tenant_id: str, agent_id: str) -> bool: ...
 
     @abc.abstractmethod
-    async def record_invocation(self, *, tenant_id: str, invocation: Record, messages: list[Record]) -> None:
+    async def record_invocation(self, *, tenant_id: str, invocation: Invocation, messages: list[Message]) -> None:
         """Store an invocation (and, for a session turn, its messages), counting it in the
         agent's runtime stats, the daily and overall aggregates, and the session.
 
-        Besides its text and outcome, an invocation carries `model` (str | None),
-        `input_tokens`, `output_tokens` (int), `tokens_estimated` (bool: counted by us, the
-        endpoint sent no usage), `time_to_first_token_ms` and `finish_reason` (or None), kept
-        as given. `status` is `success`, `failed` or `cancelled`; what it adds to the
-        aggregates is `invocation_deltas`. Agents carry the sums: `cancelled_invocations`,
-        `total_input_tokens`, `total_output_tokens`, and `ttft_ms_total` over `ttft_count`
-        (the invocations that had a first token)."""
+        What it adds to the agent and the aggregates is `invocation_deltas`."""
 
     @abc.abstractmethod
-    async def list_invocations(self, *, tenant_id: str, agent_id: str, limit: int, last_key: str | None) -> Page: ...
+    async def list_invocations(self, *, tenant_id: str, agent_id: str, limit: int, last_key: str | None) -> Page[Invocation]: ...
 
 
 class SessionStore(abc.ABC):
     """Sessions and their messages."""
 
     @abc.abstractmethod
-    async def create_session(self, *, tenant_id: str, session: Record) -> bool:
+    async def create_session(self, *, tenant_id: str, session: Session) -> bool:
         """False when the agent does not exist."""
 
     @abc.abstractmethod
-    async def get_session(self, *, tenant_id: str, session_id: str) -> Record | None: ...
+    async def get_session(self, *, tenant_id: str, session_id: str) -> Session | None: ...
 
     @abc.abstractmethod
-    async def list_sessions(self, *, tenant_id: str, agent_id: str, limit: int, last_key: str | None) -> Page:
+    async def list_sessions(self, *, tenant_id: str, agent_id: str, limit: int, last_key: str | None) -> Page[Session]:
         """Most recently active first."""
 
     @abc.abstractmethod
-    async def list_messages(self, *, tenant_id: str, session_id: str, limit: int, last_key: str | None) -> Page:
+    async def list_messages(self, *, tenant_id: str, session_id: str, limit: int, last_key: str | None) -> Page[Message]:
         """Oldest first."""
 
     @abc.abstractmethod
-    async def recent_messages(self, *, tenant_id: str, session_id: str, limit: int) -> list[Record]:
+    async def recent_messages(self, *, tenant_id: str, session_id: str, limit: int) -> list[Message]:
         """The last `limit` messages, oldest first (the history an invocation sees)."""
 
     @abc.abstractmethod

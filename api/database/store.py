@@ -1,8 +1,7 @@
-"""The storage interface every backend implements, and the records it speaks in.
+"""The storage interface every backend implements, and the constants it speaks in.
 
-Records are plain dicts with the keys listed below, so that every backend maps them the same
-way and the services never see SQL or boto3 types. Timestamps are ISO-8601 UTC strings with
-microseconds and a `Z`, which sort in time order as text.
+The records are the models of `api.core.records`, so that every backend maps them the same
+way and the services never see SQL or boto3 types.
 
 Aggregates (the counters behind the statistics) are updated by the store inside the same
 transaction as the event they count, so the statistics are exact and never need a scan:
@@ -19,21 +18,23 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from api.core.records import Build, Invocation
 from api.core.store_errors import RecordTooLarge
 # The records are imported from here by the backends and services, with the constants below.
 from api.database.interfaces import (
     AgentStore,
     ApiKey,
+    Changes,
     Daily,
     IdempotencyKeyState,
     IdempotencyStore,
     IdempotentAnswer,
     KeyStore,
+    LeasedBuild,
     LeaseStore,
     LimitStore,
     Page,
     ProjectStore,
-    Record,
     SessionStore,
     StatisticsStore,
 )
@@ -46,8 +47,8 @@ T = TypeVar("T")
 MAX_RECORD_BYTES = 400 * 1024
 
 
-def check_record_size(record: Record) -> None:
-    """Raise RecordTooLarge for a record over MAX_RECORD_BYTES, counted as DynamoDB counts an
+def check_record_size(record: dict[str, Any]) -> None:
+    """Raise RecordTooLarge for a record (as stored: fields by name) over MAX_RECORD_BYTES, counted as DynamoDB counts an
     item: each field's name and value, JSON values as their text, numbers as at most 21 bytes."""
     refuse_over_limit({name: len(name.encode()) + _value_bytes(value) for name, value in record.items()})
 
@@ -154,30 +155,27 @@ INVOCATION_OUTCOMES = {
 logger = logging.getLogger("api.database")
 
 
-def invocation_deltas(invocation: Record) -> tuple[dict[str, float], dict[str, float]]:
-    """What an invocation adds to its agent's runtime stats, and to the counters and its day.
-
-    Token and TTFT keys absent from the record (written before they existed) count as none."""
-    column, counted = INVOCATION_OUTCOMES[invocation["status"]]
-    input_tokens = invocation.get("input_tokens") or 0
-    output_tokens = invocation.get("output_tokens") or 0
-    agent = {"total_invocations": 1, column: 1, "total_duration_ms": invocation["duration_ms"],
+def invocation_deltas(invocation: Invocation) -> tuple[dict[str, float], dict[str, float]]:
+    """What an invocation adds to its agent's runtime stats, and to the counters and its day."""
+    column, counted = INVOCATION_OUTCOMES[invocation.status]
+    input_tokens, output_tokens = invocation.input_tokens, invocation.output_tokens
+    agent = {"total_invocations": 1, column: 1, "total_duration_ms": invocation.duration_ms,
              "total_input_tokens": input_tokens, "total_output_tokens": output_tokens}
-    totals = {"invocations_total": 1, counted: 1, "invocation_ms_total": invocation["duration_ms"],
+    totals = {"invocations_total": 1, counted: 1, "invocation_ms_total": invocation.duration_ms,
               "invocation_input_tokens": input_tokens, "invocation_output_tokens": output_tokens}
-    ttft = invocation.get("time_to_first_token_ms")
+    ttft = invocation.time_to_first_token_ms
     if ttft is not None:
         agent.update(ttft_ms_total=ttft, ttft_count=1)
         totals.update(invocation_ttft_ms_total=ttft, invocation_ttft_count=1)
     return agent, totals
 
 
-def build_token_deltas(build: Record) -> dict[str, float]:
+def build_token_deltas(build: Build) -> dict[str, float]:
     """The tokens a finished build adds to the aggregates: its `usage` (None before any stage
     called a model, and on builds stored before usage was recorded)."""
-    usage = build.get("usage") or {}
-    return {"build_input_tokens": usage.get("input_tokens", 0),
-            "build_output_tokens": usage.get("output_tokens", 0)}
+    usage = build.usage
+    return {"build_input_tokens": usage.input_tokens if usage else 0,
+            "build_output_tokens": usage.output_tokens if usage else 0}
 
 
 class Store(ProjectStore, LeaseStore, AgentStore, SessionStore, StatisticsStore, IdempotencyStore,

@@ -28,8 +28,11 @@ from api.core import ids
 from api.core.clock import iso_timestamp, utc_now
 from api.core.context import bind, request_id_var
 from api.core.store_errors import StoreError
-from api.database.store import ACTIVE_BUILD_STATUSES, HELD_BUILD_STATUSES, Record, Store
-from api.engine.stage_work import StageFailed, StageUsage, StageWorker, build_usage
+from api.core.records import (
+    Agent, Artifact, Build, BuildError, BuildLogLine, ModelUsage, Project, Stage, StageError, SubStage)
+from api.database.store import ACTIVE_BUILD_STATUSES, HELD_BUILD_STATUSES, Store
+from api.engine.stage_work import StageFailed, StageWorker, build_usage
+from api.prompts import PROMPT_VERSION
 from api.engine.stages import initial_stages, progress
 from api.observability import metrics
 
@@ -62,35 +65,32 @@ def _seconds_between(start: str, end: str) -> float:
     return (parse(end) - parse(start)).total_seconds()
 
 
-def new_build(project_id: str) -> Record:
+def new_build(tenant_id: str, project_id: str) -> Build:
     now = utc_now()
-    return {
-        "build_id": ids.build_id(), "project_id": project_id, "status": "queued", "progress": 0.0,
-        "current_stage": None, "stages": initial_stages(), "context": {}, "error": None,
-        "request_id": request_id_var.get(), "owner": None, "lease_until": None,
-        "created_at": now, "started_at": None, "finished_at": None, "updated_at": now,
-    }
+    return Build(tenant_id=tenant_id, build_id=ids.build_id(), project_id=project_id,
+                 status="queued", progress=0.0, current_stage=None, stages=initial_stages(),
+                 context={}, request_id=request_id_var.get(), created_at=now, updated_at=now)
 
 
 class BuildRun:
     """One claimed build being executed by this engine."""
 
-    def __init__(self, engine: "BuildEngine", build: Record, project: Record) -> None:
+    def __init__(self, engine: "BuildEngine", build: Build, project: Project) -> None:
         self.engine = engine
         self.store = engine.store
         self.build = build
         self.project = project
-        self.build_id = build["build_id"]
-        self.tenant_id: str = build["tenant_id"]
-        self.stages: list[dict[str, Any]] = build["stages"]
-        self.context: dict[str, Any] = build["context"]
-        self._lines: list[Record] = []  # stage log lines not yet saved
+        self.build_id = build.build_id
+        self.tenant_id = build.tenant_id
+        self.stages = build.stages
+        self.context = build.context
+        self._lines: list[BuildLogLine] = []  # stage log lines not yet saved
 
-    async def _write(self, expect_status: tuple[str, ...], logs: Sequence[Record],
-                     artifacts: Sequence[Record], changes: dict[str, Any]) -> bool:
+    async def _write(self, expect_status: tuple[str, ...], logs: Sequence[BuildLogLine],
+                     artifacts: Sequence[Artifact], changes: dict[str, Any]) -> bool:
         """Progress, with `logs` and `artifacts`, in one store write conditional on the build
         still being ours: one store write per step boundary (docs/PERFORMANCE.md, item 6)."""
-        current = next((s["name"] for s in self.stages if s["status"] == "running"), None)
+        current = next((s.name for s in self.stages if s.status == "running"), None)
         return await self.store.update_build(
             tenant_id=self.tenant_id, build_id=self.build_id,
             changes={"stages": self.stages, "context": self.context, "progress": progress(self.stages),
@@ -99,30 +99,30 @@ class BuildRun:
             expect_status=expect_status, expect_owner=self.engine.instance_id,
             logs=logs, artifacts=artifacts)
 
-    async def _save(self, artifacts: Sequence[Record] = (), **changes: Any) -> None:
+    async def _save(self, artifacts: Sequence[Artifact] = (), **changes: Any) -> None:
         """Progress, and the stage log lines logged since the last save."""
         if not await self._write(HELD_BUILD_STATUSES, self._lines, artifacts, changes):
             raise BuildAbandoned("build was stopped, deleted or taken over")
         self._lines = []
 
-    async def _start(self, stage: str, step: dict[str, Any]) -> None:
+    async def _start(self, stage: str, step: Stage | SubStage) -> None:
         """A stage or sub-stage boundary, where pause, stop and delete take effect: the step
         is marked running by a write that requires the build to be running and ours."""
-        step["status"] = "running"
-        step["started_at"] = step["started_at"] or utc_now()
-        message = f"{step['name']} started"
+        step.status = "running"
+        step.started_at = step.started_at or utc_now()
+        message = f"{step.name} started"
         while not await self._write(("running",), [self._line(stage, message)], (), {}):
             await self._pause_or_abandon(stage, step)
         logger.info(message, extra={"stage": stage})
 
-    async def _pause_or_abandon(self, stage: str, step: dict[str, Any]) -> None:
+    async def _pause_or_abandon(self, stage: str, step: Stage | SubStage) -> None:
         """After a refused start: settle a pausing build as paused and hand it back to the
         store, unowned; return if it was resumed meanwhile (the caller tries again)."""
         build = await self.store.get_build(tenant_id=self.tenant_id, build_id=self.build_id)
-        if build is None or build["status"] not in HELD_BUILD_STATUSES or build["owner"] != self.engine.instance_id:
+        if build is None or build.status not in HELD_BUILD_STATUSES or build.owner != self.engine.instance_id:
             raise BuildAbandoned("build was stopped, deleted or taken over")
-        if build["status"] in ("pausing", "paused"):
-            message = f"Build paused before {step['name']}"
+        if build.status in ("pausing", "paused"):
+            message = f"Build paused before {step.name}"
             self.engine.releasing.add(self.build_id)
             if await self.store.update_build(
                     tenant_id=self.tenant_id, build_id=self.build_id, changes={"status": "paused", "owner": None,
@@ -134,9 +134,9 @@ class BuildRun:
             self.engine.releasing.discard(self.build_id)
 
     @staticmethod
-    def _line(stage: str, message: str, level: int = logging.INFO) -> Record:
-        return {"stage": stage, "timestamp": utc_now(), "level": logging.getLevelName(level),
-                "message": message}
+    def _line(stage: str, message: str, level: int = logging.INFO) -> BuildLogLine:
+        return BuildLogLine(stage=stage, timestamp=utc_now(), level=logging.getLevelName(level),
+                            message=message)
 
     def _log(self, stage: str, *messages: str, level: int = logging.INFO) -> None:
         """Stage log lines: to the process log now (with the build's context), to the stage's
@@ -145,35 +145,35 @@ class BuildRun:
             logger.log(level, message, extra={"stage": stage})
             self._lines.append(self._line(stage, message, level))
 
-    async def _work(self, stage: str, step: dict[str, Any], *, last: bool = False) -> None:
+    async def _work(self, stage: str, step: Stage | SubStage, *, last: bool = False) -> None:
         """Run one stage or sub-stage (`step`) as model work and save its output; the last
         step also registers the agent and finishes the build. The step keeps its model usage,
         also when it fails (the tokens were spent)."""
         async with self.engine.turn:
             await self._start(stage, step)
         started = time.perf_counter()
-        usage = StageUsage(model=self.engine.worker.model)
+        usage = ModelUsage(model=self.engine.worker.model, prompt_version=PROMPT_VERSION)
         try:
             output = await self.engine.worker.run(
-                stage=step["name"], requirement=self.project["requirement"], context=self.context,
+                stage=step.name, requirement=self.project.requirement, context=self.context,
                 usage=usage)
         finally:
-            step["model_usage"] = usage.as_record()
+            step.model_usage = usage
         seconds = time.perf_counter() - started
         async with self.engine.turn:
             created_at = utc_now()
             self.context.update(output.context)
-            metrics.record_stage(stage=step["name"], seconds=seconds)
-            step["status"] = "completed"
-            step["completed_at"] = utc_now()
-            step["duration_seconds"] = round(seconds, 6)
+            metrics.record_stage(stage=step.name, seconds=seconds)
+            step.status = "completed"
+            step.completed_at = utc_now()
+            step.duration_seconds = round(seconds, 6)
             self._log(stage, *output.logs,
-                      f"{step['name']} completed in {seconds:.3f}s ({usage.calls} model calls, "
+                      f"{step.name} completed in {seconds:.3f}s ({usage.calls} model calls, "
                       f"{usage.input_tokens} input and {usage.output_tokens} output tokens"
                       f"{', estimated' if usage.tokens_estimated else ''})")
-            artifacts = [{"project_id": self.project["project_id"], "build_id": self.build_id,
-                          "path": path, "stage": stage, "content": content,
-                          "size": len(content.encode()), "created_at": created_at}
+            artifacts = [Artifact(tenant_id=self.tenant_id, project_id=self.project.project_id,
+                                  build_id=self.build_id, path=path, stage=stage, content=content,
+                                  size=len(content.encode()), created_at=created_at)
                          for path, content in output.artifacts.items()]
             if last:
                 # Progress reaches 100 in the same write that marks the build succeeded.
@@ -185,42 +185,41 @@ class BuildRun:
     async def _register_agent(self) -> None:
         design = self.context["design"]
         now = utc_now()
-        agent_id = f"{self.project['project_id']}:{design['agent_name']}"
+        agent_id = f"{self.project.project_id}:{design['agent_name']}"
         registered = await self.store.put_agent(
-                tenant_id=self.tenant_id, expect_owner=self.engine.instance_id, agent={
-            "agent_id": agent_id, "project_id": self.project["project_id"],
-            "agent_name": design["agent_name"], "description": design["description"],
-            "category": design["category"], "capabilities": design["capabilities"],
-            "tools": design["tools"], "system_prompt": self.context["system_prompt"],
-            "status": "running", "error_message": None, "build_id": self.build_id,
-            "created_at": now, "updated_at": now})
+            tenant_id=self.tenant_id, expect_owner=self.engine.instance_id, agent=Agent(
+                tenant_id=self.tenant_id, agent_id=agent_id, project_id=self.project.project_id,
+                agent_name=design["agent_name"], description=design["description"],
+                category=design["category"], capabilities=design["capabilities"],
+                tools=design["tools"], system_prompt=self.context["system_prompt"],
+                status="running", build_id=self.build_id, created_at=now, updated_at=now))
         if not registered:
             raise BuildAbandoned("build was stopped, deleted or taken over")
         self._log("agent_deployer", f"Registered agent {agent_id}")
 
     async def execute(self) -> None:
         for stage in self.stages:
-            if stage["status"] == "completed":
+            if stage.status == "completed":
                 continue
-            if not stage["sub_stages"]:
-                await self._work(stage["name"], stage, last=stage is self.stages[-1])
+            if not stage.sub_stages:
+                await self._work(stage.name, stage, last=stage is self.stages[-1])
                 continue
-            stage["status"] = "running"
-            stage["started_at"] = stage["started_at"] or utc_now()
-            for sub in stage["sub_stages"]:
-                if sub["status"] != "completed":
-                    await self._work(stage["name"], sub)
-            stage["status"] = "completed"
-            stage["completed_at"] = utc_now()
-            stage["duration_seconds"] = round(_seconds_between(stage["started_at"], stage["completed_at"]), 6)
-            metrics.record_stage(stage=stage["name"], seconds=stage["duration_seconds"])
+            stage.status = "running"
+            stage.started_at = stage.started_at or utc_now()
+            for sub in stage.sub_stages:
+                if sub.status != "completed":
+                    await self._work(stage.name, sub)
+            stage.status = "completed"
+            stage.completed_at = utc_now()
+            stage.duration_seconds = round(_seconds_between(stage.started_at, stage.completed_at), 6)
+            metrics.record_stage(stage=stage.name, seconds=stage.duration_seconds)
             async with self.engine.turn:
                 await self._save()
 
-    async def _finish(self, status: str, error: dict[str, str] | None = None,
-                      artifacts: Sequence[Record] = ()) -> None:
+    async def _finish(self, status: str, error: BuildError | None = None,
+                      artifacts: Sequence[Artifact] = ()) -> None:
         finished_at = utc_now()
-        duration = _seconds_between(self.build["started_at"], finished_at)
+        duration = _seconds_between(self.build.started_at, finished_at)
         self.engine.releasing.add(self.build_id)
         await self._save(artifacts, status=status, finished_at=finished_at, duration_seconds=duration,
                          error=error, owner=None, lease_until=None)
@@ -229,16 +228,16 @@ class BuildRun:
                                               "progress": progress(self.stages)})
 
     async def fail(self, code: str, message: str) -> None:
-        running = next((s for s in self.stages if s["status"] == "running"), None)
-        stage_name = running["name"] if running else None
+        running = next((s for s in self.stages if s.status == "running"), None)
+        stage_name = running.name if running else None
         if running is not None:
-            running["status"] = "failed"
-            running["error"] = {"code": code, "message": message}
-            for sub in running["sub_stages"]:
-                if sub["status"] == "running":
-                    sub["status"] = "failed"
-            self._log(running["name"], f"{running['name']} failed: {message}", level=logging.ERROR)
-        await self._finish("failed", {"stage": stage_name, "code": code, "message": message})
+            running.status = "failed"
+            running.error = StageError(code=code, message=message)
+            for sub in running.sub_stages:
+                if sub.status == "running":
+                    sub.status = "failed"
+            self._log(running.name, f"{running.name} failed: {message}", level=logging.ERROR)
+        await self._finish("failed", BuildError(stage=stage_name, code=code, message=message))
 
 
 class BuildEngine:
@@ -289,82 +288,83 @@ class BuildEngine:
 
     # -- control: each a conditional store write, so that two instances acting on one build
     # -- (or an action racing the build's own progress) never both win ----------------------
-    async def create(self, *, tenant_id: str, project: Record) -> tuple[Record, Record]:
-        """Store `project` (its own fields) with its first build, queued; returns both as
-        stored."""
-        build = new_build(project["project_id"])
-        now = build["created_at"]
-        project = {**project, "tenant_id": tenant_id, "status": "pending", "progress": 0.0, "current_stage": None,
-                   "latest_build_id": build["build_id"], "created_at": now, "updated_at": now}
-        build["tenant_id"] = tenant_id
+    async def create(self, *, project: Project) -> tuple[Project, Build]:
+        """Store a new project with its first build, queued; returns both as stored."""
+        tenant_id = project.tenant_id
+        build = new_build(tenant_id, project.project_id)
+        now = build.created_at
+        project = project.changed({
+            "status": "pending", "progress": 0.0, "current_stage": None,
+            "latest_build_id": build.build_id, "created_at": now, "updated_at": now})
         await self.store.create_project(tenant_id=tenant_id, project=project, build=build)
         self._wake_up()
         return project, build
 
     async def restart(self, *, tenant_id: str, project_id: str) -> bool:
         """Queue a new build of a project whose latest build is finished."""
-        if not await self.store.add_build(tenant_id=tenant_id, build=new_build(project_id)):
+        if not await self.store.add_build(tenant_id=tenant_id, build=new_build(tenant_id, project_id)):
             return False
         self._wake_up()
         return True
 
-    async def _transition(self, build: Record, *moves: tuple[str, str]) -> bool:
+    async def _transition(self, build: Build, *moves: tuple[str, str]) -> bool:
         """The first of `moves` (from status, to status) that applies, the one matching the
         status read tried first: if the build moved on since, the other may still apply."""
-        moves = tuple(sorted(moves, key=lambda move: move[0] != build["status"]))
+        moves = tuple(sorted(moves, key=lambda move: move[0] != build.status))
         for before, after in moves:
-            if await self.store.update_build(tenant_id=build["tenant_id"], build_id=build["build_id"],
+            if await self.store.update_build(tenant_id=build.tenant_id, build_id=build.build_id,
                                              expect_status=(before,),
                                              changes={"status": after, "updated_at": utc_now()}):
                 return True
         return False
 
-    async def pause(self, build: Record) -> bool:
+    async def pause(self, build: Build) -> bool:
         """A queued build is paused at once. A running one is `pausing` until the step in
         progress ends: its engine settles it as `paused` there (an unowned one is claimed
         to be settled), so that no step is cut off and no model call is left running."""
         if not await self._transition(build, ("queued", "paused"), ("running", "pausing")):
             return False
-        if build["owner"] is None:
+        if build.owner is None:
             self._wake_up()
         return True
 
-    async def resume(self, build: Record) -> bool:
+    async def resume(self, build: Build) -> bool:
         """A paused build continues from its first unfinished step (queued again if it never
         started); a pausing one keeps running, the pause called off."""
-        if not await self._transition(build, ("paused", "running" if build["started_at"] else "queued"),
+        if not await self._transition(build, ("paused", "running" if build.started_at else "queued"),
                                       ("pausing", "running")):
             return False
         self._wake_up()
         return True
 
-    async def stop(self, build: Record) -> bool:
+    async def stop(self, build: Build) -> bool:
         """Cancel an active build: its unfinished stages are skipped and its run (here or on
         another instance, at its next write) ends with its model call."""
-        stages = build["stages"]
-        for step in (step for stage in stages for step in (stage, *stage["sub_stages"])):
-            if step["status"] in ("pending", "running"):
-                step["status"] = "skipped"
+        stages = build.stages
+        for step in (step for stage in stages for step in stage.steps()):
+            if step.status in ("pending", "running"):
+                step.status = "skipped"
         now = utc_now()
         # A build stopped before it started has no duration; one stopped later ran until now.
-        duration = _seconds_between(build["started_at"], now) if build["started_at"] else None
+        duration = _seconds_between(build.started_at, now) if build.started_at else None
         if not await self.store.update_build(
-                tenant_id=build["tenant_id"], build_id=build["build_id"],
+                tenant_id=build.tenant_id, build_id=build.build_id,
                 expect_status=ACTIVE_BUILD_STATUSES, changes={
                     "status": "cancelled", "finished_at": now, "updated_at": now, "owner": None,
                     "lease_until": None, "stages": stages, "current_stage": None,
                     "duration_seconds": duration}):
             return False
-        self._abandon(build["build_id"])
+        self._abandon(build.build_id)
         metrics.record_build_finished(status="cancelled", duration_seconds=duration)
         return True
 
-    async def delete_project(self, project: Record) -> bool:
+    async def delete_project(self, project: Project) -> bool:
         """Delete a project with everything under it, ending its build's run here."""
-        if not await self.store.delete_project(tenant_id=project["tenant_id"],
-                                               project_id=project["project_id"]):
+        if not await self.store.delete_project(tenant_id=project.tenant_id,
+                                               project_id=project.project_id):
             return False
-        self._abandon(project["latest_build_id"])
+        if project.latest_build_id:
+            self._abandon(project.latest_build_id)
         return True
 
     async def shutdown(self) -> None:
@@ -408,7 +408,7 @@ class BuildEngine:
         if free <= 0 or not self.accepting:
             return
         for build in await self.store.list_claimable_builds(now=utc_now(), limit=free):
-            build_id, tenant_id = build["build_id"], build["tenant_id"]
+            build_id, tenant_id = build.build_id, build.tenant_id
             claimed = await self.store.claim_build(
                 tenant_id=tenant_id, build_id=build_id, owner=self.instance_id,
                 lease_until=_after(self.lease_seconds), now=utc_now())
@@ -428,7 +428,7 @@ class BuildEngine:
             except StoreError:
                 logger.exception("Could not renew build leases")
                 continue
-            self._abandon_lost(running, {b["build_id"] for b in owned if b["status"] in HELD_BUILD_STATUSES})
+            self._abandon_lost(running, {b.build_id for b in owned if b.status in HELD_BUILD_STATUSES})
 
     async def _watch(self) -> None:
         while True:
@@ -452,11 +452,11 @@ class BuildEngine:
         try:
             build = await self.store.get_build(tenant_id=tenant_id, build_id=build_id)
             project = build and await self.store.get_project(tenant_id=tenant_id,
-                                                             project_id=build["project_id"])
+                                                             project_id=build.project_id)
             if build is None or project is None:
                 return
-            bind(request_id=build["request_id"], build_id=build_id, tenant_id=tenant_id,
-                 project_id=project["project_id"], user_id=project["user_id"])
+            bind(request_id=build.request_id, build_id=build_id, tenant_id=tenant_id,
+                 project_id=project.project_id, user_id=project.user_id)
             run = BuildRun(self, build, project)
             metrics.build_started()
             try:
@@ -473,13 +473,13 @@ class BuildEngine:
             self._wake_up()
 
     async def _execute(self, run: BuildRun) -> None:
-        recoveries = run.build["recoveries"]
+        recoveries = run.build.recoveries
         try:
             if recoveries > MAX_RECOVERIES:
                 await run.fail("interrupted",
                                f"the build's process died {recoveries} times; not resuming it again")
                 return
-            resumed = any(stage["status"] != "pending" for stage in run.stages)
+            resumed = any(stage.status != "pending" for stage in run.stages)
             logger.info("Build resumed" if resumed else "Build started",
                         extra={"recoveries": recoveries, "progress": progress(run.stages)})
             try:

@@ -5,19 +5,20 @@ requirement and the build context so far. Structured answers (api.engine.answers
 for with a JSON schema and validated here; generated Python must compile. An answer that
 fails either check goes back to the model with the error for at most `REPAIR_ROUNDS` more
 tries, then the stage fails with `MODEL_OUTPUT_INVALID` or `GENERATED_CODE_INVALID`. Every
-call's tokens and time are summed into the stage's `StageUsage`.
+call's tokens and time are summed into the stage's `ModelUsage`.
 """
 
 import ast
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from api import prompts
+from api.core.records import BuildUsage, ModelUsage, Stage
 from api.engine.answers import AgentDesign, Architecture, BuildPlan, Deployment, Requirements
 from api.engine.stages import STAGES
 from api.providers.base import Message, ModelError, ModelRequest, OutputSchema
@@ -53,27 +54,13 @@ class StageFailed(Exception):
         self.message = message
 
 
-@dataclass
-class StageUsage:
-    """The model calls of one stage or sub-stage (stored with it, summed on the build)."""
-
-    model: str
-    calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    tokens_estimated: bool = False
-    duration_ms: float = 0.0
-    prompt_version: str = prompts.PROMPT_VERSION
-
-    def add(self, call: ModelCall) -> None:
-        self.calls += 1
-        self.input_tokens += call.usage.input_tokens
-        self.output_tokens += call.usage.output_tokens
-        self.tokens_estimated = self.tokens_estimated or call.usage.estimated
-        self.duration_ms = round(self.duration_ms + call.duration_ms, 3)
-
-    def as_record(self) -> dict[str, Any]:
-        return asdict(self)
+def count_call(usage: ModelUsage, call: ModelCall) -> None:
+    """Add one model call to a stage's usage."""
+    usage.calls += 1
+    usage.input_tokens += call.usage.input_tokens
+    usage.output_tokens += call.usage.output_tokens
+    usage.tokens_estimated = usage.tokens_estimated or call.usage.estimated
+    usage.duration_ms = round(usage.duration_ms + call.duration_ms, 3)
 
 
 @dataclass
@@ -85,17 +72,16 @@ class StageOutput:
     logs: list[str] = field(default_factory=list)
 
 
-def build_usage(stages: list[dict[str, Any]]) -> dict[str, Any]:
+def build_usage(stages: list[Stage]) -> BuildUsage:
     """The build's model usage: the sum over its stages and sub-stages so far."""
-    total = {"calls": 0, "input_tokens": 0, "output_tokens": 0, "tokens_estimated": False,
-             "duration_ms": 0.0}
-    steps = [step for stage in stages for step in (stage, *stage["sub_stages"])]
-    for usage in (step.get("model_usage") for step in steps):
+    total = BuildUsage()
+    for usage in (step.model_usage for stage in stages for step in stage.steps()):
         if usage:
-            for key in ("calls", "input_tokens", "output_tokens"):
-                total[key] += usage[key]
-            total["duration_ms"] = round(total["duration_ms"] + usage["duration_ms"], 3)
-            total["tokens_estimated"] = total["tokens_estimated"] or usage["tokens_estimated"]
+            total.calls += usage.calls
+            total.input_tokens += usage.input_tokens
+            total.output_tokens += usage.output_tokens
+            total.duration_ms = round(total.duration_ms + usage.duration_ms, 3)
+            total.tokens_estimated = total.tokens_estimated or usage.tokens_estimated
     return total
 
 
@@ -178,14 +164,14 @@ class StageWorker:
             prompts.load(stage)
 
     async def run(self, *, stage: str, requirement: str, context: dict[str, Any],
-                  usage: StageUsage) -> StageOutput:
+                  usage: ModelUsage) -> StageOutput:
         work = getattr(self, f"_{stage}", None)
         if work is None:
             raise StageFailed("INTERNAL_ERROR", f"no model work is defined for stage {stage}")
         return await work(requirement, context, usage)
 
     # -- the calls --------------------------------------------------------------------------
-    async def _ask(self, prompt_name: str, build_requirement: str, usage: StageUsage, *, kind: str,
+    async def _ask(self, prompt_name: str, build_requirement: str, usage: ModelUsage, *, kind: str,
                    check: Callable[[str], T], schema: type[BaseModel] | None = None,
                    inputs: dict[str, Any], **values: str) -> T:
         """Ask, check the answer, send the error back at most REPAIR_ROUNDS times."""
@@ -205,7 +191,7 @@ class StageWorker:
                 call = await self.client.complete(request)
             except ModelError as exc:
                 raise StageFailed(exc.code, f"{prompt_name}: {exc}") from exc
-            usage.add(call)
+            count_call(usage, call)
             try:
                 return check(call.text)
             except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -222,7 +208,7 @@ class StageWorker:
         raise StageFailed(code, f"{prompt_name}: still invalid after {REPAIR_ROUNDS} repair rounds: "
                                 f"{problem}; last answer: {call.text[:500]!r}")
 
-    async def _json(self, prompt_name: str, build_requirement: str, schema: type[A], usage: StageUsage,
+    async def _json(self, prompt_name: str, build_requirement: str, schema: type[A], usage: ModelUsage,
                     inputs: dict[str, Any], **values: str) -> A:
         return await self._ask(prompt_name, build_requirement, usage, kind="json", schema=schema, inputs=inputs,
                                check=lambda text: schema.model_validate_json(_json_text(text)),
@@ -230,7 +216,7 @@ class StageWorker:
 
     # -- the stages -------------------------------------------------------------------------
     async def _orchestrator(self, requirement: str, context: dict[str, Any],
-                            usage: StageUsage) -> StageOutput:
+                            usage: ModelUsage) -> StageOutput:
         plan = await self._json("orchestrator", requirement, BuildPlan, usage, {},
                                 requirement=requirement)
         body = "\n".join(f"{n}. {step}" for n, step in enumerate(plan.steps, start=1))
@@ -240,7 +226,7 @@ class StageWorker:
             logs=[f"Planned {len(plan.steps)} steps: {plan.summary}"])
 
     async def _requirements_analysis(self, requirement: str, context: dict[str, Any],
-                                     usage: StageUsage) -> StageOutput:
+                                     usage: ModelUsage) -> StageOutput:
         found = await self._json("requirements_analysis", requirement, Requirements, usage, {},
                                  requirement=requirement,
                                  plan=_dumps(context.get("plan")))
@@ -253,7 +239,7 @@ class StageWorker:
                                  f"{len(found.non_functional)} non-functional requirements"])
 
     async def _system_architecture(self, requirement: str, context: dict[str, Any],
-                                   usage: StageUsage) -> StageOutput:
+                                   usage: ModelUsage) -> StageOutput:
         layout = await self._json("system_architecture", requirement, Architecture, usage, {},
                                   requirement=requirement,
                                   requirements=_dumps(context.get("requirements")))
@@ -265,7 +251,7 @@ class StageWorker:
                            logs=[f"Laid out {len(layout.components)} components"])
 
     async def _agent_design(self, requirement: str, context: dict[str, Any],
-                            usage: StageUsage) -> StageOutput:
+                            usage: ModelUsage) -> StageOutput:
         design = await self._json("agent_design", requirement, AgentDesign, usage, {},
                                   requirement=requirement,
                                   requirements=_dumps(context.get("requirements")),
@@ -278,7 +264,7 @@ class StageWorker:
                   f"{len(design.tools)} tools: {', '.join(tool.name for tool in design.tools)}"])
 
     async def _tool_developer(self, requirement: str, context: dict[str, Any],
-                              usage: StageUsage) -> StageOutput:
+                              usage: ModelUsage) -> StageOutput:
         design = context["design"]
         artifacts: dict[str, str] = {}
         for tool in design["tools"]:
@@ -298,7 +284,7 @@ class StageWorker:
         return StageOutput(artifacts=artifacts, logs=[f"Wrote {path}" for path in artifacts])
 
     async def _prompt_engineer(self, requirement: str, context: dict[str, Any],
-                               usage: StageUsage) -> StageOutput:
+                               usage: ModelUsage) -> StageOutput:
         design = context["design"]
 
         def check(text: str) -> str:
@@ -317,7 +303,7 @@ class StageWorker:
                            logs=[f"Wrote a system prompt of {len(prompt)} characters"])
 
     async def _agent_code_developer(self, requirement: str, context: dict[str, Any],
-                                    usage: StageUsage) -> StageOutput:
+                                    usage: ModelUsage) -> StageOutput:
         design = context["design"]
         path = f"agent/{design['agent_name']}.py"
         header, footer = agent_module_parts(design)
@@ -330,7 +316,7 @@ class StageWorker:
         return StageOutput(artifacts={path: module}, logs=[f"Wrote {path}"])
 
     async def _agent_deployer(self, requirement: str, context: dict[str, Any],
-                              usage: StageUsage) -> StageOutput:
+                              usage: ModelUsage) -> StageOutput:
         design = context["design"]
         notes = await self._json("agent_deployer", requirement, Deployment, usage, {"design": design},
                                  agent_name=design["agent_name"], description=design["description"],

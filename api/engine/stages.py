@@ -1,7 +1,8 @@
 """The six build stages, their weights in `progress`, and the progress formula."""
 
 from dataclasses import dataclass
-from typing import Any
+
+from api.core.records import Stage, SubStage
 
 
 @dataclass(frozen=True)
@@ -24,37 +25,24 @@ STAGE_NAMES = tuple(stage.name for stage in STAGES)
 STATUS_SHARE = {"completed": 1.0, "running": 0.5}
 
 
-def initial_stages() -> list[dict[str, Any]]:
+def initial_stages() -> list[Stage]:
     """The stage snapshot of a new build: every stage and sub-stage pending."""
     return [
-        {
-            "name": spec.name,
-            "order": order,
-            "weight": spec.weight,
-            "status": "pending",
-            "started_at": None,
-            "completed_at": None,
-            "duration_seconds": None,
-            "error": None,
-            "sub_stages": [
-                {"name": name, "weight": weight, "status": "pending", "started_at": None,
-                 "completed_at": None, "duration_seconds": None}
-                for name, weight in spec.sub_stages
-            ],
-        }
+        Stage(name=spec.name, order=order, weight=spec.weight, status="pending",
+              sub_stages=[SubStage(name=name, weight=weight, status="pending")
+                          for name, weight in spec.sub_stages])
         for order, spec in enumerate(STAGES, start=1)
     ]
 
 
-def progress(stages: list[dict[str, Any]]) -> float:
+def progress(stages: list[Stage]) -> float:
     """Sum of weight x (1 completed, 0.5 running); a running stage with sub-stages counts
     them the same way inside its weight."""
     total = 0.0
     for stage in stages:
-        if stage["status"] == "running" and stage["sub_stages"]:
-            inner = sum(sub["weight"] * STATUS_SHARE.get(sub["status"], 0.0)
-                        for sub in stage["sub_stages"])
-            total += stage["weight"] * inner / 100
+        if stage.status == "running" and stage.sub_stages:
+            inner = sum(sub.weight * STATUS_SHARE.get(sub.status, 0.0) for sub in stage.sub_stages)
+            total += stage.weight * inner / 100
         else:
-            total += stage["weight"] * STATUS_SHARE.get(stage["status"], 0.0)
+            total += stage.weight * STATUS_SHARE.get(stage.status, 0.0)
     return round(total, 2)

@@ -115,6 +115,7 @@ class BuildPublic(BuildSummary):
 
 _PROJECT = {
     "tenant_id": "default", "project_id": "proj_a7dc304a08fe", "user_id": "default", "project_name": "Support triage",
+    "description": "First-line triage for the support inbox",
     "requirement": "Build an agent that triages customer support tickets and answers refund questions",
     "priority": 3, "tags": ["support"], "status": "building", "progress": 54.0,
     "current_stage": "agent_developer_manager", "latest_build_id": "build_af2b10b7db78",
@@ -129,6 +130,7 @@ class ProjectPublic(TenantRecord):
     project_id: str = Field(pattern=r"^proj_[0-9a-f]{12}$")
     user_id: str
     project_name: str
+    description: str | None = Field(description="What the project is for, if its owner said")
     requirement: str
     priority: int = Field(ge=1, le=5)
     tags: list[str]

@@ -15,6 +15,7 @@ class ProjectCreate(StrictModel):
 
     requirement: Annotated[str, StringConstraints(strip_whitespace=True, min_length=10, max_length=5000)]
     project_name: Name | None = None
+    description: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] | None = None
     user_id: Identifier = "default"
     priority: int = Field(default=3, ge=1, le=5)
     tags: list[Tag] = Field(default_factory=list, max_length=20)

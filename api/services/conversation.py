@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from api.database.store import Record
+from api.core.records import Agent, Message as StoredMessage
 from api.providers.base import Message
 from api.providers.tokens import estimate_prompt_tokens
 
@@ -20,23 +20,23 @@ HISTORY_MESSAGES = 50
 @dataclass(frozen=True)
 class Conversation:
     messages: tuple[Message, ...]
-    history: list[Record]  # the turns kept, oldest first
-    trace: list[Record]
+    history: list[StoredMessage]  # the turns kept, oldest first
+    trace: list[dict[str, Any]]
 
 
-def conversation(*, agent: Record, input_text: str, history: Sequence[Record],
+def conversation(*, agent: Agent, input_text: str, history: Sequence[StoredMessage],
                  budget_tokens: int) -> Conversation:
     kept = list(history)
-    turns = [Message(m["role"], m["content"]) for m in kept]
+    turns = [Message(m.role, m.content) for m in kept]
     # Whole turns go, oldest first: a user message without its answer would mislead the model.
     while kept and estimate_prompt_tokens(turns) > budget_tokens:
-        drop = 2 if len(kept) > 1 and kept[0]["role"] == "user" and kept[1]["role"] == "assistant" else 1
+        drop = 2 if len(kept) > 1 and kept[0].role == "user" and kept[1].role == "assistant" else 1
         kept, turns = kept[drop:], turns[drop:]
-    messages = (Message("system", agent["system_prompt"]), *turns, Message("user", input_text))
+    messages = (Message("system", agent.system_prompt), *turns, Message("user", input_text))
     trace = [
         {"step": "history", "messages": len(kept), "dropped": len(history) - len(kept),
          "history_tokens": estimate_prompt_tokens(turns), "budget_tokens": budget_tokens},
-        {"step": "tools", "designed": [tool["name"] for tool in agent["tools"]], "offered": [],
+        {"step": "tools", "designed": [tool["name"] for tool in agent.tools], "offered": [],
          "note": "tool execution is not available yet; the tools are not offered to the model"},
     ]
     return Conversation(messages=messages, history=kept, trace=trace)

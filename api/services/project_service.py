@@ -6,10 +6,13 @@ which starts or ends one) is an operation of the build engine."""
 import logging
 from typing import Any
 
+from api.core.clock import utc_now
+from api.core.records import Artifact, Build, Project, Stage
+
 from api.core import ids
 from api.core.context import bind
 from api.core.errors import InvalidState, NotFound, ServiceUnavailable
-from api.database.store import ACTIVE_BUILD_STATUSES, PROJECT_STATUS_FOR_BUILD, Page, Record, Store
+from api.database.store import ACTIVE_BUILD_STATUSES, PROJECT_STATUS_FOR_BUILD, Page, Store
 from api.engine.build_engine import BuildEngine
 from api.engine.stages import STAGE_NAMES
 from api.schemas.projects import ProjectControl, ProjectCreate
@@ -26,7 +29,12 @@ ACTION_FROM = {
     "stop": ACTIVE_BUILD_STATUSES,
     "restart": ("succeeded", "failed", "cancelled"),
 }
-BUILD_PRIVATE_FIELDS = ("context", "owner", "lease_until")
+BUILD_PRIVATE_FIELDS = {"context", "owner", "lease_until"}
+# What a project's stage list shows of each stage (GET /projects/{id}/stages).
+STAGE_SUMMARY_FIELDS = {"name", "order", "weight", "status", "started_at", "completed_at",
+                        "duration_seconds", "error"}
+# A view: a record shaped as a route answers it (api.schemas), before validation.
+View = dict[str, Any]
 # As long as a given `project_name` may be.
 MAX_DEFAULT_NAME = 80
 
@@ -41,17 +49,16 @@ def default_project_name(requirement: str) -> str:
     return words.rstrip(" ,;:.-") + "…"
 
 
-def build_public(build: Record) -> Record:
-    public = {key: value for key, value in build.items() if key not in BUILD_PRIVATE_FIELDS}
+def build_public(build: Build) -> View:
+    public = build.model_dump(exclude=BUILD_PRIVATE_FIELDS)
     # Which engine is running the build; null while it is queued, paused, or finished.
-    public["instance_id"] = build["owner"]
+    public["instance_id"] = build.owner
     return public
 
 
-def _stage_summary(stage: Record) -> Record:
-    return {key: stage[key] for key in ("name", "order", "weight", "status", "started_at",
-                                        "completed_at", "duration_seconds", "error")} | {
-        "sub_stages": [{"name": sub["name"], "status": sub["status"]} for sub in stage["sub_stages"]]}
+def _stage_summary(stage: Stage) -> View:
+    return stage.model_dump(include=STAGE_SUMMARY_FIELDS) | {
+        "sub_stages": [{"name": sub.name, "status": sub.status} for sub in stage.sub_stages]}
 
 
 class ProjectService(TenantScoped):
@@ -60,25 +67,25 @@ class ProjectService(TenantScoped):
         self.store = store
         self.engine = engine
 
-    async def _project(self, project_id: str) -> Record:
+    async def _project(self, project_id: str) -> Project:
         project = await self.store.get_project(tenant_id=self.tenant_id, project_id=project_id)
         if project is None:
             raise NotFound("project", project_id)
         bind(project_id=project_id)
-        self.bind_owner(project["user_id"])
+        self.bind_owner(project.user_id)
         return project
 
-    async def _project_and_build(self, project_id: str) -> tuple[Record, Record]:
+    async def _project_and_build(self, project_id: str) -> tuple[Project, Build]:
         """The project and its latest build."""
         found = await self.store.get_project_with_latest_build(tenant_id=self.tenant_id,
                                                                project_id=project_id)
         if found is None:
             raise NotFound("project", project_id)
         bind(project_id=project_id)
-        self.bind_owner(found[0]["user_id"])
+        self.bind_owner(found[0].user_id)
         return found
 
-    async def create(self, *, body: ProjectCreate) -> Record:
+    async def create(self, *, body: ProjectCreate) -> View:
         if not self.engine.accepting:
             raise ServiceUnavailable("The service is shutting down and accepts no new builds.")
         await self.limits.admit_build(self.principal)
@@ -86,55 +93,59 @@ class ProjectService(TenantScoped):
         user_id = self.user_of(body.user_id)
         bind(project_id=project_id)
         self.bind_owner(user_id)
-        project, build = await self.engine.create(tenant_id=self.tenant_id, project={
-            "project_id": project_id, "user_id": user_id,
-            "project_name": body.project_name or default_project_name(body.requirement),
-            "requirement": body.requirement, "priority": body.priority, "tags": body.tags,
-        })
+        now = utc_now()
+        project, build = await self.engine.create(project=Project(
+            tenant_id=self.tenant_id, project_id=project_id, user_id=user_id,
+            project_name=body.project_name or default_project_name(body.requirement),
+            description=body.description, requirement=body.requirement, priority=body.priority,
+            tags=body.tags, status="pending", progress=0.0, current_stage=None, latest_build_id=None,
+            created_at=now, updated_at=now))
         logger.info("Project created successfully",
-                    extra={"build_id": build["build_id"], "priority": body.priority})
-        return {**project, "latest_build": build_public(build)}
+                    extra={"build_id": build.build_id, "priority": body.priority})
+        return {**project.model_dump(), "latest_build": build_public(build)}
 
-    async def get(self, *, project_id: str) -> Record:
+    async def get(self, *, project_id: str) -> View:
         project, build = await self._project_and_build(project_id)
         latest = {key: value for key, value in build_public(build).items() if key != "stages"}
         # The project mirrors its latest build, but on DynamoDB the two reads are not one
         # snapshot: the mirrored fields come from the later read, so that a build settled
         # between them (a pause taking hold) never shows a `pausing` project beside its
         # released build.
-        mirrored = {"status": PROJECT_STATUS_FOR_BUILD[build["status"]], "progress": build["progress"],
-                    "current_stage": build["current_stage"]}
-        return {**project, **mirrored, "latest_build": latest,
-                "stages_snapshot": [_stage_summary(stage) for stage in build["stages"]]}
+        mirrored = {"status": PROJECT_STATUS_FOR_BUILD[build.status], "progress": build.progress,
+                    "current_stage": build.current_stage}
+        return {**project.model_dump(), **mirrored, "latest_build": latest,
+                "stages_snapshot": [_stage_summary(stage) for stage in build.stages]}
 
     async def list_projects(self, *, limit: int, last_key: str | None, status: str | None,
-                   user_id: str | None) -> Page:
+                   user_id: str | None) -> Page[Project]:
         return await self.store.list_projects(tenant_id=self.tenant_id, limit=limit,
                                               last_key=last_key, status=status, user_id=user_id)
 
-    async def stages(self, *, project_id: str) -> list[Record]:
+    async def stages(self, *, project_id: str) -> list[View]:
         _, build = await self._project_and_build(project_id)
-        return [_stage_summary(stage) for stage in build["stages"]]
+        return [_stage_summary(stage) for stage in build.stages]
 
-    async def stage(self, *, project_id: str, stage_name: str) -> Record:
+    async def stage(self, *, project_id: str, stage_name: str) -> View:
         if stage_name not in STAGE_NAMES:
             raise NotFound("stage", stage_name)
         _, build = await self._project_and_build(project_id)
-        stage = next(s for s in build["stages"] if s["name"] == stage_name)
+        stage = next(s for s in build.stages if s.name == stage_name)
         artifacts = [a for a in await self.store.list_artifacts(tenant_id=self.tenant_id,
                                                                 project_id=project_id)
-                     if a["stage"] == stage_name and a["build_id"] == build["build_id"]]
-        logs = await self.store.list_build_logs(tenant_id=self.tenant_id, build_id=build["build_id"],
+                     if a.stage == stage_name and a.build_id == build.build_id]
+        logs = await self.store.list_build_logs(tenant_id=self.tenant_id, build_id=build.build_id,
                                                 stage=stage_name)
-        return {**stage, "build_id": build["build_id"], "artifacts": artifacts, "logs": logs}
+        return {**stage.model_dump(), "build_id": build.build_id,
+                "artifacts": [artifact.model_dump(exclude={"content"}) for artifact in artifacts],
+                "logs": [line.model_dump() for line in logs]}
 
-    async def control(self, *, project_id: str, body: ProjectControl) -> Record:
+    async def control(self, *, project_id: str, body: ProjectControl) -> View:
         project, build = await self._project_and_build(project_id)
-        bind(build_id=build["build_id"])
-        if build["status"] not in ACTION_FROM[body.action]:
+        bind(build_id=build.build_id)
+        if build.status not in ACTION_FROM[body.action]:
             raise InvalidState(
-                f"Cannot {body.action} a project whose status is {project['status']!r}",
-                details={"status": project["status"], "action": body.action})
+                f"Cannot {body.action} a project whose status is {project.status!r}",
+                details={"status": project.status, "action": body.action})
         if body.action == "restart":
             await self.limits.admit_build(self.principal)
             applied = await self.engine.restart(tenant_id=self.tenant_id, project_id=project_id)
@@ -152,18 +163,18 @@ class ProjectService(TenantScoped):
             raise NotFound("project", project_id)
         logger.info("Project deleted")
 
-    async def builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page:
+    async def builds(self, *, project_id: str, limit: int, last_key: str | None) -> Page[View]:
         await self._project(project_id)
         page = await self.store.list_builds(tenant_id=self.tenant_id, project_id=project_id,
                                             limit=limit, last_key=last_key)
-        page.items = [build_public(build) for build in page.items]
-        return page
+        return Page(items=[build_public(build) for build in page.items], last_key=page.last_key)
 
-    async def artifacts(self, *, project_id: str) -> list[Record]:
+    async def artifacts(self, *, project_id: str) -> list[View]:
         await self._project(project_id)
-        return await self.store.list_artifacts(tenant_id=self.tenant_id, project_id=project_id)
+        return [artifact.model_dump(exclude={"content"}) for artifact in
+                await self.store.list_artifacts(tenant_id=self.tenant_id, project_id=project_id)]
 
-    async def artifact(self, *, project_id: str, path: str) -> dict[str, Any]:
+    async def artifact(self, *, project_id: str, path: str) -> Artifact:
         await self._project(project_id)
         artifact = await self.store.get_artifact(tenant_id=self.tenant_id, project_id=project_id,
                                                  path=path)

@@ -79,10 +79,10 @@ async def test_a_release_table_migrates_to_the_default_tenant(
                 records = [await store.get_project(tenant_id=tenant, project_id=release["project_id"]),
                            await store.get_agent(tenant_id=tenant, agent_id=release["agent_id"]),
                            await store.get_session(tenant_id=tenant, session_id=release["session_id"])]
-                assert [record and record["tenant_id"] for record in records] == (
+                assert [record and record.tenant_id for record in records] == (
                     [DEFAULT_TENANT] * 3 if found else [None] * 3)
                 page = await store.list_projects(tenant_id=tenant, limit=10, last_key=None)
-                assert [p["project_id"] for p in page.items] == ([release["project_id"]] if found else [])
+                assert [p.project_id for p in page.items] == ([release["project_id"]] if found else [])
             for scope in (DEFAULT_TENANT, None):
                 counters = await store.get_counters(tenant_id=scope)
                 assert {name: counters[name] for name in counters_before} == counters_before

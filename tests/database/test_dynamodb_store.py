@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from api.config import Settings
+from api.core.records import Agent, Project
 from api.database.dynamodb_client import COUNTER_SHARDS, DynamoDBStore
 from api.database.factory import BackendUnavailable, create_store
 from api.core.store_errors import InvalidValue, StoreError, StoreThrottled
@@ -25,7 +26,9 @@ from tests.conftest import free_port
 from tests.database.test_store_contract import (
     TENANT,
     add_project,
+    log_line,
     new_agent,
+    new_artifact,
     new_invocation,
     new_session,
     registered_agent,
@@ -68,17 +71,16 @@ async def store(tmp_path: Path) -> AsyncIterator[DynamoDBStore]:
         moto_server.delete_tables([opened.table[:-len("platform")]])
 
 
-async def everything_under_a_project(store: DynamoDBStore) -> tuple[dict[str, Any], dict[str, Any]]:
+async def everything_under_a_project(store: DynamoDBStore) -> tuple[Project, Agent]:
     project, build = await add_project(store)
-    assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner="engine_a",
+    assert await store.claim_build(tenant_id=TENANT, build_id=build.build_id, owner="engine_a",
                                    lease_until=ts(600), now=ts(1))
     assert await store.update_build(tenant_id=TENANT,
-        build_id=build["build_id"], changes={"updated_at": ts(3)}, expect_status=("running",),
-        logs=[{"stage": "orchestrator", "timestamp": ts(2), "level": "INFO", "message": "started"}],
-        artifacts=[{"project_id": project["project_id"], "build_id": build["build_id"],
-                    "path": "agent/a.py", "stage": "agent_developer_manager", "content": "x = 1\n",
-                    "size": 6, "created_at": ts(3)}])
-    agent = new_agent(project["project_id"], capabilities=["alpha", "beta"])
+        build_id=build.build_id, changes={"updated_at": ts(3)}, expect_status=("running",),
+        logs=[log_line("orchestrator", "started", at=ts(2))],
+        artifacts=[new_artifact(build, "agent/a.py", "x = 1\n", stage="agent_developer_manager",
+                                at=ts(3))])
+    agent = new_agent(project.project_id, capabilities=["alpha", "beta"])
     await store.put_agent(tenant_id=TENANT, agent=agent)
     session = new_session(agent, at=ts(4))
     assert await store.create_session(tenant_id=TENANT, session=session)
@@ -220,7 +222,7 @@ async def test_no_operation_scans(store: DynamoDBStore) -> None:
                  store.renew_leases(owner="engine_a", lease_until=ts(900)),
                  store.get_daily(tenant_id=TENANT, start="2000-01-01", end="2100-01-01")):
         await call
-    assert await store.delete_project(tenant_id=TENANT, project_id=project["project_id"])
+    assert await store.delete_project(tenant_id=TENANT, project_id=project.project_id)
     assert "Scan" not in store.request_counts
     assert set(store.request_counts) <= {"DescribeTable", "CreateTable", "GetItem", "Query",
                                          "BatchGetItem", "BatchWriteItem", "TransactWriteItems",
@@ -303,13 +305,12 @@ async def test_throttling_is_retried_counted_and_finally_a_store_error(tmp_path:
 async def test_empty_and_oversized_key_values_are_handled_without_raw_errors(
         store: DynamoDBStore) -> None:
     project, build = await add_project(store, user_id="")
-    assert [p["project_id"] for p in (await store.list_projects(tenant_id=TENANT,
-        limit=5, last_key=None, user_id="")).items] == [project["project_id"]]
-    assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"], changes={"updated_at": ts(1)},
+    assert [p.project_id for p in (await store.list_projects(tenant_id=TENANT,
+        limit=5, last_key=None, user_id="")).items] == [project.project_id]
+    assert await store.update_build(tenant_id=TENANT, build_id=build.build_id, changes={"updated_at": ts(1)},
                                     expect_status=("queued",), artifacts=[
-        {"project_id": project["project_id"], "build_id": build["build_id"], "path": "",
-         "stage": "", "content": "", "size": 0, "created_at": ts(1)}])
-    assert (await store.get_artifact(tenant_id=TENANT, project_id=project["project_id"], path=""))["content"] == ""
+        new_artifact(build, "", "", stage="", at=ts(1))])
+    assert (await store.get_artifact(tenant_id=TENANT, project_id=project.project_id, path="")).content == ""
     assert await store.get_project(tenant_id=TENANT, project_id="") is None
     assert (await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, category="")).items == []
     assert (await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, capabilities=[""])).items == []
@@ -320,23 +321,24 @@ async def test_empty_and_oversized_key_values_are_handled_without_raw_errors(
     assert (await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, project_id=huge)).items == []
     assert await store.update_build(tenant_id=TENANT, build_id=huge, changes={}, expect_status=("queued",)) is False
     with pytest.raises(InvalidValue) as refused:
-        await store.put_agent(tenant_id=TENANT, agent=new_agent(project["project_id"], name=huge))
+        await store.put_agent(tenant_id=TENANT, agent=new_agent(project.project_id, name=huge))
     assert refused.value.field == "agent_id"
 
 
 async def test_reserved_words_are_ordinary_values_and_names(store: DynamoDBStore) -> None:
     project, _ = await add_project(store, user_id="status")
-    agent = new_agent(project["project_id"], category="size", capabilities=["name", "data", "select"])
+    agent = new_agent(project.project_id, category="size", capabilities=["name", "data", "select"])
     await store.put_agent(tenant_id=TENANT, agent=agent)
-    session = {**new_session(agent, at=ts(1)), "metadata": {"status": 1, "size": "x", "owner": None}}
+    session = new_session(agent, at=ts(1)).model_copy(
+        update={"metadata": {"status": 1, "size": "x", "owner": None}})
     assert await store.create_session(tenant_id=TENANT, session=session)
-    assert (await store.get_session(tenant_id=TENANT, session_id=session["session_id"]))["metadata"] == session["metadata"]
+    assert (await store.get_session(tenant_id=TENANT, session_id=session.session_id)).metadata == session.metadata
     assert len((await store.list_projects(tenant_id=TENANT, limit=5, last_key=None, user_id="status")).items) == 1
     assert len((await store.list_agents(tenant_id=TENANT, limit=5, last_key=None, category="size",
                                         capabilities=["select"])).items) == 1
-    updated = await store.update_agent(tenant_id=TENANT, agent_id=agent["agent_id"], changes={"status": "offline",
+    updated = await store.update_agent(tenant_id=TENANT, agent_id=agent.agent_id, changes={"status": "offline",
                                                                             "error_message": "size"})
-    assert updated is not None and updated["status"] == "offline"
+    assert updated is not None and updated.status == "offline"
 
 
 # -- deletes -------------------------------------------------------------------------------------
@@ -345,15 +347,15 @@ async def test_deletes_leave_nothing_but_the_aggregates(store: DynamoDBStore) ->
     kept, kept_agent = await everything_under_a_project(store)
     before = stored_keys(store)
 
-    assert await store.delete_project(tenant_id=TENANT, project_id=project["project_id"])
+    assert await store.delete_project(tenant_id=TENANT, project_id=project.project_id)
     left = stored_keys(store)
-    assert not any(project["project_id"] in key or agent["agent_id"] in key for key in left)
+    assert not any(project.project_id in key or agent.agent_id in key for key in left)
     assert not any(key.startswith(("CLEANUP", "LEASE#")) for key in left - before)
 
-    sessions = (await store.list_sessions(tenant_id=TENANT, agent_id=kept_agent["agent_id"], limit=5, last_key=None)).items
-    assert await store.delete_session(tenant_id=TENANT, session_id=sessions[0]["session_id"])
-    assert await store.delete_agent(tenant_id=TENANT, agent_id=kept_agent["agent_id"])
-    assert await store.delete_project(tenant_id=TENANT, project_id=kept["project_id"])
+    sessions = (await store.list_sessions(tenant_id=TENANT, agent_id=kept_agent.agent_id, limit=5, last_key=None)).items
+    assert await store.delete_session(tenant_id=TENANT, session_id=sessions[0].session_id)
+    assert await store.delete_agent(tenant_id=TENANT, agent_id=kept_agent.agent_id)
+    assert await store.delete_project(tenant_id=TENANT, project_id=kept.project_id)
     assert aggregates_only(stored_keys(store))
 
 
@@ -367,8 +369,8 @@ async def test_a_delete_interrupted_by_a_crash_is_finished_by_the_next_open(
 
     monkeypatch.setattr(store, "_purge_project", process_dies)
     with pytest.raises(SystemExit):
-        await store.delete_project(tenant_id=TENANT, project_id=project["project_id"])
-    assert await store.get_project(tenant_id=TENANT, project_id=project["project_id"]) is None
+        await store.delete_project(tenant_id=TENANT, project_id=project.project_id)
+    assert await store.get_project(tenant_id=TENANT, project_id=project.project_id) is None
     assert "CLEANUP" in stored_keys(store)
 
     restarted = moto_server.dynamodb_store(tmp_path)
@@ -391,11 +393,11 @@ async def test_instances_racing_for_one_build_let_exactly_one_claim_it(
     try:
         _, build = await add_project(store)
         claims = await asyncio.gather(*(other.claim_build(tenant_id=TENANT,
-            build_id=build["build_id"], owner=f"engine_{n}", lease_until=ts(60), now=ts(1))
+            build_id=build.build_id, owner=f"engine_{n}", lease_until=ts(60), now=ts(1))
             for n, other in enumerate(others)))
         assert sorted(claims) == [False, False, False, True]
         winner = f"engine_{claims.index(True)}"
-        assert (await store.get_build(tenant_id=TENANT, build_id=build["build_id"]))["owner"] == winner
+        assert (await store.get_build(tenant_id=TENANT, build_id=build.build_id)).owner == winner
         # The winner's renewal finds the build; the losers hold nothing.
         renewals = await asyncio.gather(*(other.renew_leases(owner=f"engine_{n}", lease_until=ts(90))
                                           for n, other in enumerate(others)))
@@ -411,20 +413,20 @@ async def test_a_stop_through_another_instance_reaches_the_owner_through_its_lea
     await other.open()
     try:
         _, build = await add_project(store)
-        assert await store.claim_build(tenant_id=TENANT, build_id=build["build_id"], owner="engine_a",
+        assert await store.claim_build(tenant_id=TENANT, build_id=build.build_id, owner="engine_a",
                                        lease_until=ts(60), now=ts(1))
         # The owner's copy is cached; the other instance's write must still win.
-        assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"], changes={"progress": 5.0},
+        assert await store.update_build(tenant_id=TENANT, build_id=build.build_id, changes={"progress": 5.0},
                                         expect_status=("running",), expect_owner="engine_a")
-        assert await other.update_build(tenant_id=TENANT, build_id=build["build_id"],
+        assert await other.update_build(tenant_id=TENANT, build_id=build.build_id,
                                         changes={"status": "cancelled", "owner": None,
                                                  "lease_until": None, "finished_at": ts(2),
                                                  "updated_at": ts(2)},
                                         expect_status=("running",))
-        assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"], changes={"progress": 9.0},
+        assert await store.update_build(tenant_id=TENANT, build_id=build.build_id, changes={"progress": 9.0},
                                         expect_status=("running",), expect_owner="engine_a") is False
         assert await store.renew_leases(owner="engine_a", lease_until=ts(90)) == []
-        assert (await store.get_build(tenant_id=TENANT, build_id=build["build_id"]))["progress"] == 5.0
+        assert (await store.get_build(tenant_id=TENANT, build_id=build.build_id)).progress == 5.0
     finally:
         await other.close()
 
@@ -439,11 +441,11 @@ async def test_session_turns_from_two_instances_keep_one_sequence(store: DynamoD
         assert await store.create_session(tenant_id=TENANT, session=session)
         await asyncio.gather(*(session_turn(instance, agent, session, at=ts(10 + n))
                                for n in range(6) for instance in (store, other)))
-        messages = (await store.list_messages(tenant_id=TENANT, session_id=session["session_id"], limit=100,
+        messages = (await store.list_messages(tenant_id=TENANT, session_id=session.session_id, limit=100,
                                               last_key=None)).items
-        assert [m["seq"] for m in messages] == list(range(1, 25))
-        assert (await other.get_session(tenant_id=TENANT, session_id=session["session_id"]))["message_count"] == 24
-        assert (await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"]))["total_invocations"] == 12
+        assert [m.seq for m in messages] == list(range(1, 25))
+        assert (await other.get_session(tenant_id=TENANT, session_id=session.session_id)).message_count == 24
+        assert (await store.get_agent(tenant_id=TENANT, agent_id=agent.agent_id)).total_invocations == 12
     finally:
         await other.close()
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from api.core.records import Agent, Project, Session
 from api.database.sqlite import SQLiteStore
-from api.database.store import DEFAULT_TENANT, Record
+from api.database.store import DEFAULT_TENANT
 from tests.conftest import make_settings, serving
 
 RELEASE_FILES = sorted((Path(__file__).resolve().parent / "fixtures").glob("release-*.db"))
@@ -60,17 +61,17 @@ async def test_a_release_file_migrates_to_the_default_tenant(database: Path, tmp
     store = SQLiteStore(path=path, slow_query_threshold_seconds=1.0)
     await store.open()
     try:
-        async def records(tenant: str) -> list[Record | None]:
+        async def records(tenant: str) -> list[Project | Agent | Session | None]:
             return [await store.get_project(tenant_id=tenant, project_id=ids["project_id"]),
                     await store.get_agent(tenant_id=tenant, agent_id=ids["agent_id"]),
                     await store.get_session(tenant_id=tenant, session_id=ids["session_id"])]
 
-        assert [record and record["tenant_id"] for record in await records(DEFAULT_TENANT)] == [
+        assert [record and record.tenant_id for record in await records(DEFAULT_TENANT)] == [
             DEFAULT_TENANT] * 3
         assert await records("globex") == [None] * 3
         for tenant, listed in ((DEFAULT_TENANT, [ids["project_id"]]), ("globex", [])):
             page = await store.list_projects(tenant_id=tenant, limit=10, last_key=None)
-            assert [project["project_id"] for project in page.items] == listed
+            assert [project.project_id for project in page.items] == listed
         for scope in (DEFAULT_TENANT, None):
             counters = await store.get_counters(tenant_id=scope)
             assert {name: value for name, value in counters.items() if value} == {

@@ -12,7 +12,8 @@ import boto3
 import pytest
 
 from api.database.sqlite import SQLiteStore
-from api.database.store import ACTIVE_BUILD_STATUSES, DEFAULT_TENANT, FINAL_BUILD_STATUSES, Record, Store
+from api.core.records import BuildUsage
+from api.database.store import ACTIVE_BUILD_STATUSES, DEFAULT_TENANT, FINAL_BUILD_STATUSES, Store
 from tests import moto_server
 from tests.database.test_store_contract import (
     TENANT,
@@ -26,32 +27,33 @@ from tests.database.test_store_contract import (
     finished,
     new_agent,
     new_invocation,
+    pick,
     registered_agent,
     ts,
 )
 
-USAGE = {"calls": 7, "input_tokens": 1200, "output_tokens": 345, "tokens_estimated": True,
-         "duration_ms": 812.5}
+USAGE = BuildUsage(calls=7, input_tokens=1200, output_tokens=345, tokens_estimated=True,
+                   duration_ms=812.5)
 
 
 # -- invocations -----------------------------------------------------------------------------
 async def test_an_invocation_keeps_its_model_tokens_and_time_to_first_token(store: Store) -> None:
     agent = await registered_agent(store)
-    invocation = {**new_invocation(agent, created_at=ts(10), tokens=(321, 54), ttft_ms=120.0),
-                  "model": "gpt-4o-mini", "tokens_estimated": True, "finish_reason": "length"}
+    invocation = new_invocation(agent, created_at=ts(10), tokens=(321, 54), ttft_ms=120.0).model_copy(
+        update={"model": "gpt-4o-mini", "tokens_estimated": True, "finish_reason": "length"})
     plain = new_invocation(agent, created_at=ts(20))
 
     await store.record_invocation(tenant_id=TENANT, invocation=invocation, messages=[])
     await store.record_invocation(tenant_id=TENANT, invocation=plain, messages=[])
 
-    listed = (await store.list_invocations(tenant_id=TENANT, agent_id=agent["agent_id"], limit=5, last_key=None)).items
+    listed = (await store.list_invocations(tenant_id=TENANT, agent_id=agent.agent_id, limit=5, last_key=None)).items
     assert listed == [plain, invocation]
     stored = listed[1]
     # Types as given: a bool is not 1, a whole number of milliseconds stays a float.
-    assert stored["tokens_estimated"] is True and listed[0]["tokens_estimated"] is False
-    assert isinstance(stored["time_to_first_token_ms"], float)
-    assert type(stored["input_tokens"]) is int and type(stored["output_tokens"]) is int
-    assert listed[0]["time_to_first_token_ms"] is None and listed[0]["model"] is None
+    assert stored.tokens_estimated is True and listed[0].tokens_estimated is False
+    assert isinstance(stored.time_to_first_token_ms, float)
+    assert type(stored.input_tokens) is int and type(stored.output_tokens) is int
+    assert listed[0].time_to_first_token_ms is None and listed[0].model is None
 
 
 async def test_every_outcome_counts_its_tokens_and_only_a_first_token_counts_in_ttft(
@@ -69,15 +71,15 @@ async def test_every_outcome_counts_its_tokens_and_only_a_first_token_counts_in_
     for invocation in (success, failure, cancelled):
         await store.record_invocation(tenant_id=TENANT, invocation=invocation, messages=[])
 
-    stored = await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"])
-    assert {key: stored[key] for key in AGENT_STATS} == {
+    stored = await store.get_agent(tenant_id=TENANT, agent_id=agent.agent_id)
+    assert pick(stored, AGENT_STATS) == {
         "total_invocations": 3, "successful_invocations": 1, "failed_invocations": 1,
         "cancelled_invocations": 1, "total_duration_ms": 60.0, "total_input_tokens": 75,
         "total_output_tokens": 19, "ttft_ms_total": 180.75, "ttft_count": 2,
         "last_invoked_at": ts(30, day=2)}
     listed = (await store.list_agents(tenant_id=TENANT, limit=5, last_key=None)).items
-    assert [{key: a[key] for key in AGENT_STATS} for a in listed] == [
-        {key: stored[key] for key in AGENT_STATS}]
+    assert [pick(a, AGENT_STATS) for a in listed] == [
+        pick(stored, AGENT_STATS)]
     assert delta(before, await store.get_counters(tenant_id=TENANT)) == {
         "invocations_total": 3, "invocations_succeeded": 1, "invocations_failed": 1,
         "invocations_cancelled": 1, "invocation_ms_total": 60.0, "invocation_input_tokens": 75,
@@ -100,15 +102,15 @@ async def test_every_outcome_counts_its_tokens_and_only_a_first_token_counts_in_
 async def test_a_finished_build_adds_its_usage_tokens_once(
         store: Store, status: str, usage_with_final_change: bool) -> None:
     project, build = await add_project(store, created_at=ts(0))
-    build_id = build["build_id"]
+    build_id = build.build_id
     assert await store.claim_build(tenant_id=TENANT, build_id=build_id, owner="engine_a", lease_until=ts(600),
                                    now=ts(1))
-    early = {**USAGE, "calls": 2, "input_tokens": 400, "output_tokens": 100}
+    early = USAGE.model_copy(update={"calls": 2, "input_tokens": 400, "output_tokens": 100})
     assert await store.update_build(tenant_id=TENANT, build_id=build_id, expect_status=("running",),
                                     changes={"usage": early if usage_with_final_change else USAGE,
                                              "progress": 30.0, "updated_at": ts(5)})
     # Usage on a running build is kept, not counted.
-    assert (await store.get_build(tenant_id=TENANT, build_id=build_id))["usage"] == (
+    assert (await store.get_build(tenant_id=TENANT, build_id=build_id)).usage == (
         early if usage_with_final_change else USAGE)
     before = await store.get_counters(tenant_id=TENANT)
 
@@ -125,7 +127,7 @@ async def test_a_finished_build_adds_its_usage_tokens_once(
     # A second final change is refused by its condition, and adds nothing.
     assert not await store.update_build(tenant_id=TENANT, build_id=build_id, expect_status=ACTIVE_BUILD_STATUSES,
                                         changes={**finished(status, at=ts(70, day=1)),
-                                                 "usage": {**USAGE, "input_tokens": 9999}})
+                                                 "usage": USAGE.model_copy(update={"input_tokens": 9999})})
     # A later write to the finished build, with usage, counts nothing more either.
     assert await store.update_build(tenant_id=TENANT, build_id=build_id, expect_status=FINAL_BUILD_STATUSES,
                                     changes={"usage": USAGE, "updated_at": ts(80, day=1)})
@@ -135,18 +137,18 @@ async def test_a_finished_build_adds_its_usage_tokens_once(
     assert {name: day.get(name) for name in tokens} == tokens
     assert await day_counts(store, DAY0) == {"builds_total": 1}
     stored = await store.get_build(tenant_id=TENANT, build_id=build_id)
-    assert stored["usage"] == USAGE and stored["usage"]["tokens_estimated"] is True
-    listed = (await store.list_builds(tenant_id=TENANT, project_id=project["project_id"], limit=5, last_key=None)).items
-    assert [b["usage"] for b in listed] == [USAGE]
+    assert stored.usage == USAGE and stored.usage.tokens_estimated is True
+    listed = (await store.list_builds(tenant_id=TENANT, project_id=project.project_id, limit=5, last_key=None)).items
+    assert [b.usage for b in listed] == [USAGE]
 
 
 async def test_a_build_without_usage_counts_no_tokens(store: Store) -> None:
     _, build = await add_project(store, created_at=ts(0))
     before = await store.get_counters(tenant_id=TENANT)
-    assert await store.update_build(tenant_id=TENANT, build_id=build["build_id"],
+    assert await store.update_build(tenant_id=TENANT, build_id=build.build_id,
                                     changes=finished("succeeded", at=ts(30, day=2)),
                                     expect_status=ACTIVE_BUILD_STATUSES)
-    assert (await store.get_build(tenant_id=TENANT, build_id=build["build_id"]))["usage"] is None
+    assert (await store.get_build(tenant_id=TENANT, build_id=build.build_id)).usage is None
     assert delta(before, await store.get_counters(tenant_id=TENANT)) == {
         "builds_active": -1, "builds_succeeded": 1, "build_seconds_succeeded": 60}
     assert await day_counts(store, DAY2) == {"builds_succeeded": 1, "build_seconds_succeeded": 60}
@@ -185,30 +187,30 @@ async def test_an_sqlite_file_of_migration_0001_migrates_on_open_and_keeps_its_r
     await store.open()
     try:
         agent = await store.get_agent(tenant_id=DEFAULT_TENANT, agent_id="proj_old:agent")
-        assert {key: agent[key] for key in AGENT_STATS} == {
+        assert pick(agent, AGENT_STATS) == {
             **AGENT_STATS, "total_invocations": 4, "successful_invocations": 3,
             "failed_invocations": 1, "total_duration_ms": 44.0}
         [old] = (await store.list_invocations(tenant_id=DEFAULT_TENANT, agent_id="proj_old:agent", limit=5,
                                               last_key=None)).items
-        assert (old["invocation_id"], old["output"]) == ("inv_old", "hi")
-        assert {key: old[key] for key in ("model", "input_tokens", "output_tokens",
+        assert (old.invocation_id, old.output) == ("inv_old", "hi")
+        assert pick(old, ("model", "input_tokens", "output_tokens",
                                           "tokens_estimated", "time_to_first_token_ms",
-                                          "finish_reason")} == {
+                                          "finish_reason")) == {
             "model": None, "input_tokens": 0, "output_tokens": 0, "tokens_estimated": False,
             "time_to_first_token_ms": None, "finish_reason": None}
-        assert old["tokens_estimated"] is False
-        assert (await store.get_build(tenant_id=DEFAULT_TENANT, build_id="build_old"))["usage"] is None
+        assert old.tokens_estimated is False
+        assert (await store.get_build(tenant_id=DEFAULT_TENANT, build_id="build_old")).usage is None
 
         # The migrated file takes the new records.
         new = new_invocation(agent, created_at=ts(5), tokens=(9, 3), ttft_ms=12.5)
         await store.record_invocation(tenant_id=DEFAULT_TENANT, invocation=new, messages=[])
         agent = await store.get_agent(tenant_id=DEFAULT_TENANT, agent_id="proj_old:agent")
-        assert (agent["total_invocations"], agent["total_input_tokens"], agent["ttft_count"]) == (
+        assert (agent.total_invocations, agent.total_input_tokens, agent.ttft_count) == (
             5, 9, 1)
     finally:
         await store.close()
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 8  # every migration applied, up to 0008 (rate limits)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 9  # every migration applied, up to 0009 (project description)
     conn.close()
 
 
@@ -217,7 +219,7 @@ async def test_dynamodb_items_written_before_usage_read_the_defaults(tmp_path: P
     await store.open()
     try:
         project, build = await add_project(store)
-        agent = new_agent(project["project_id"])
+        agent = new_agent(project.project_id)
         await store.put_agent(tenant_id=TENANT, agent=agent)
         invocation = new_invocation(agent, created_at=ts(10), tokens=(5, 2), ttft_ms=3.0)
         await store.record_invocation(tenant_id=TENANT, invocation=invocation, messages=[])
@@ -231,24 +233,24 @@ async def test_dynamodb_items_written_before_usage_read_the_defaults(tmp_path: P
             "#STATS": ("cancelled_invocations", "total_input_tokens", "total_output_tokens",
                        "ttft_ms_total", "ttft_count")}
         agent_items = table.query(KeyConditionExpression="pk = :pk",
-                                  ExpressionAttributeValues={":pk": f"T#{TENANT}#AGENT#{agent['agent_id']}"})
+                                  ExpressionAttributeValues={":pk": f"T#{TENANT}#AGENT#{agent.agent_id}"})
         for item in agent_items["Items"]:
             for prefix, fields in new_fields.items():
                 if item["sk"].startswith(prefix):
                     table.update_item(Key={"pk": item["pk"], "sk": item["sk"]},
                                       UpdateExpression="REMOVE " + ", ".join(fields))
 
-        stored = await store.get_agent(tenant_id=TENANT, agent_id=agent["agent_id"])
-        assert {key: stored[key] for key in AGENT_STATS} == {
+        stored = await store.get_agent(tenant_id=TENANT, agent_id=agent.agent_id)
+        assert pick(stored, AGENT_STATS) == {
             **AGENT_STATS, "total_invocations": 1, "successful_invocations": 1,
             "total_duration_ms": 10.0, "last_invoked_at": ts(10)}
-        [old] = (await store.list_invocations(tenant_id=TENANT, agent_id=agent["agent_id"], limit=5,
+        [old] = (await store.list_invocations(tenant_id=TENANT, agent_id=agent.agent_id, limit=5,
                                               last_key=None)).items
-        expected: Record = {**invocation, "model": None, "input_tokens": 0, "output_tokens": 0,
-                            "tokens_estimated": False, "time_to_first_token_ms": None,
-                            "finish_reason": None}
+        expected = invocation.model_copy(update={
+            "model": None, "input_tokens": 0, "output_tokens": 0, "tokens_estimated": False,
+            "time_to_first_token_ms": None, "finish_reason": None})
         assert old == expected
-        assert (await store.get_build(tenant_id=TENANT, build_id=build["build_id"]))["usage"] is None
+        assert (await store.get_build(tenant_id=TENANT, build_id=build.build_id)).usage is None
     finally:
         await store.close()
         moto_server.delete_tables([store.table[:-len("platform")]])

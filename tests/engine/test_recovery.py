@@ -6,6 +6,7 @@ from typing import Any
 
 import httpx
 
+from api.core.records import Build, Project
 from api.database.store import DEFAULT_TENANT as TENANT
 from api.engine.stages import initial_stages
 from api.main import create_app
@@ -66,17 +67,16 @@ async def test_a_build_whose_process_keeps_dying_fails_as_interrupted(tmp_path: 
         await app.state.engine.shutdown()  # place the build ourselves, as a dead process left it
         now = "2026-01-01T00:00:00.000000Z"
         stages = initial_stages()
-        stages[0]["status"] = "running"
+        stages[0].status = "running"
         await store.create_project(tenant_id=TENANT,
-            project={"project_id": "proj_0123456789ab", "user_id": "default", "project_name": "p",
-                     "requirement": REQUIREMENT, "priority": 3, "tags": [], "status": "building",
-                     "progress": 2.5, "current_stage": "orchestrator",
-                     "latest_build_id": "build_0123456789ab", "created_at": now, "updated_at": now},
-            build={"build_id": "build_0123456789ab", "project_id": "proj_0123456789ab",
-                   "status": "running", "progress": 2.5, "current_stage": "orchestrator",
-                   "stages": stages, "context": {}, "error": None, "request_id": None,
-                   "owner": "engine_dead", "lease_until": now, "recoveries": 3,
-                   "created_at": now, "started_at": now, "finished_at": None, "updated_at": now})
+            project=Project(tenant_id=TENANT, project_id="proj_0123456789ab", user_id="default",
+                            project_name="p", requirement=REQUIREMENT, priority=3, tags=[],
+                            status="building", progress=2.5, current_stage="orchestrator",
+                            latest_build_id="build_0123456789ab", created_at=now, updated_at=now),
+            build=Build(tenant_id=TENANT, build_id="build_0123456789ab", project_id="proj_0123456789ab",
+                        status="running", progress=2.5, current_stage="orchestrator",
+                        stages=stages, context={}, owner="engine_dead", lease_until=now,
+                        recoveries=3, created_at=now, started_at=now, updated_at=now))
 
     app = create_app(settings)
     async with app.router.lifespan_context(app):

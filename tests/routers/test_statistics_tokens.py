@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from api.database.store import ACTIVE_BUILD_STATUSES, DEFAULT_TENANT as TENANT, Record, Store
+from api.core.records import BuildError, BuildUsage, Project
+from api.database.store import ACTIVE_BUILD_STATUSES, DEFAULT_TENANT as TENANT, Store
 from tests.conftest import Api
 from tests.database.test_store_contract import finished, new_agent, new_build, new_invocation
 
@@ -25,29 +26,30 @@ def at(day: str, second: int) -> str:
     return f"{day}T00:00:{second:02d}.000000Z"
 
 
-def usage(input_tokens: int, output_tokens: int) -> Record:
-    return {"calls": 6, "input_tokens": input_tokens, "output_tokens": output_tokens,
-            "tokens_estimated": False, "duration_ms": 1500.0}
+def usage(input_tokens: int, output_tokens: int) -> BuildUsage:
+    return BuildUsage(calls=6, input_tokens=input_tokens, output_tokens=output_tokens,
+                      tokens_estimated=False, duration_ms=1500.0)
 
 
 async def build_with_usage(store: Store, *, status: str, finished_on: str,
-                           tokens: tuple[int, int]) -> Record:
+                           tokens: tuple[int, int]) -> Project:
     """A project whose build another instance holds (so this app's engine leaves it alone)
     and then finishes with its usage."""
     created_at = at(YESTERDAY, 0)
-    build = {**new_build(f"proj_{status}{finished_on.replace('-', '')}", created_at=created_at),
-             "status": "running", "owner": "elsewhere", "lease_until": FAR_FUTURE,
-             "started_at": created_at}
-    project = {"project_id": build["project_id"], "user_id": "alice", "project_name": status,
-               "requirement": "Answer support tickets", "priority": 3, "tags": [],
-               "status": "building", "progress": 0.0, "current_stage": None,
-               "latest_build_id": build["build_id"], "created_at": created_at,
-               "updated_at": created_at}
+    build = new_build(f"proj_{status}{finished_on.replace('-', '')}", created_at=created_at,
+                      tenant_id=TENANT).changed({
+        "status": "running", "owner": "elsewhere", "lease_until": FAR_FUTURE,
+        "started_at": created_at})
+    project = Project(tenant_id=TENANT, project_id=build.project_id, user_id="alice",
+                      project_name=status, requirement="Answer support tickets", priority=3,
+                      tags=[], status="building", progress=0.0, current_stage=None,
+                      latest_build_id=build.build_id, created_at=created_at,
+                      updated_at=created_at)
     await store.create_project(tenant_id=TENANT, project=project, build=build)
-    error = {"stage": "agent_design", "code": "PROVIDER_ERROR", "message": "x"} \
+    error = BuildError(stage="agent_design", code="PROVIDER_ERROR", message="x") \
         if status == "failed" else None
     assert await store.update_build(tenant_id=TENANT,
-        build_id=build["build_id"], expect_status=ACTIVE_BUILD_STATUSES, expect_owner="elsewhere",
+        build_id=build.build_id, expect_status=ACTIVE_BUILD_STATUSES, expect_owner="elsewhere",
         changes={**finished(status, at=at(finished_on, 30), error=error), "usage": usage(*tokens)})
     return project
 
@@ -57,7 +59,7 @@ async def seed(store: Store) -> None:
     project = await build_with_usage(store, status="succeeded", finished_on=YESTERDAY,
                                      tokens=(1000, 200))
     await build_with_usage(store, status="failed", finished_on=today, tokens=(300, 50))
-    agent = new_agent(project["project_id"], created_at=at(YESTERDAY, 40))
+    agent = new_agent(project.project_id, created_at=at(YESTERDAY, 40), tenant_id=TENANT)
     await store.put_agent(tenant_id=TENANT, agent=agent)
     for invocation in (
             new_invocation(agent, created_at=at(YESTERDAY, 50), status="failed", tokens=(20, 0)),

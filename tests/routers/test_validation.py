@@ -79,6 +79,7 @@ BODY_CASES = [
     case("POST", PROJECTS, "requirement", json={"requirement": 12345678901}, id="requirement-number"),
     case("POST", PROJECTS, "requirement", json={"requirement": ["Build an agent", "x"]},
          id="requirement-list"),
+    case("POST", PROJECTS, "description", json={**VALID, "description": "x" * 2001}, id="description-too-long"),
     case("POST", PROJECTS, "project_name", json={**VALID, "project_name": ""}, id="project_name-empty"),
     case("POST", PROJECTS, "project_name", json={**VALID, "project_name": "   "},
          id="project_name-whitespace"),

@@ -11,22 +11,23 @@ from api.core.store_errors import RecordConflict, StoreError
 from api.database.dynamodb.client import (
     CONTENTION_ATTEMPTS, MAX_TRANSACTION_ITEMS, DynamoDBClient, _back_off, _chunks, _Refused)
 from api.database.dynamodb.codec import (
-    AGENT_FIELDS, AGENT_STAT_FIELDS, INVOCATION_FIELDS, MESSAGE_FIELDS, Item, _attributes,
-    _check_size, _encode, _n, _record, _s, _text)
+    AGENT_FIELDS, INVOCATION_FIELDS, MESSAGE_FIELDS, Fields, Item, _attributes, _check_size,
+    _encode, _model, _n, _record, _s, _text)
 from api.database.dynamodb.expressions import _Expression, _update_expression
 from api.database.dynamodb.keys import (
     AGENT_SK, BUILD_SK, CLEANUP_PK, PROJECT_SK, SESSION_SK, STATS_SK, _cleanup_sk, _key, _keyable,
     _part, _position, _scope)
 from api.database.dynamodb.paging import (
     _decode_position, _Index, _list_index, _page, _table_page)
-from api.database.interfaces import AgentStore
-from api.database.store import HELD_BUILD_STATUSES, Page, Record, invocation_deltas
+from api.core.records import AGENT_STAT_FIELDS, Agent, Invocation, Message
+from api.database.interfaces import AgentStore, Changes
+from api.database.store import HELD_BUILD_STATUSES, Page, invocation_deltas
 
 
 class DynamoDBAgents(DynamoDBClient, AgentStore):
     """AgentStore on DynamoDB."""
 
-    def _agent_item(self, tenant_id: str, agent: Record, version: int) -> Item:
+    def _agent_item(self, tenant_id: str, agent: Fields, version: int) -> Item:
         scope = _scope(tenant_id)
         agent_id = _part("agent_id", agent["agent_id"])
         position = _position(agent["created_at"], agent_id)
@@ -38,7 +39,7 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         return item
 
     @staticmethod
-    def _agent_index_keys(scope: str, agent: Record) -> Item:
+    def _agent_index_keys(scope: str, agent: Fields) -> Item:
         return {"gsi2pk": _s(f"{scope}AGENTS#status#{_part('status', agent['status'])}"),
                 "gsi3pk": _s(f"{scope}AGENTS#project#{_part('project_id', agent['project_id'])}"),
                 "gsi4pk": _s(f"{scope}AGENTS#category#{_part('category', agent['category'])}")}
@@ -79,8 +80,9 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         return by_sk.get(AGENT_SK), by_sk.get(STATS_SK)
 
     @staticmethod
-    def _agent_record(agent: Item, stats: Item | None) -> Record:
-        return {**_record(agent, AGENT_FIELDS), **_record(stats or {}, AGENT_STAT_FIELDS)}
+    def _agent_record(agent: Item, stats: Item | None) -> Agent:
+        return Agent.model_validate({**_record(agent, AGENT_FIELDS),
+                                     **_record(stats or {}, AGENT_STAT_FIELDS)})
 
     @staticmethod
     def _agent_count_deltas(old_status: str | None, new_status: str | None) -> dict[str, float]:
@@ -91,15 +93,16 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
             deltas[f"agents_{new_status}"] += 1
         return dict(deltas)
 
-    async def put_agent(self, *, tenant_id: str, agent: Record,
+    async def put_agent(self, *, tenant_id: str, agent: Agent,
                         expect_owner: str | None = None) -> bool:
         """In one transaction: the agent (its stats kept), the change of the agent counts,
         its reference in its project and, with `expect_owner`, the check that its build is
         still running or paused under that owner."""
         operation = "put_agent"
+        fields = agent.model_dump()
         scope = _scope(tenant_id)
-        agent_id = _part("agent_id", agent["agent_id"])
-        project_id = _part("project_id", agent["project_id"])
+        agent_id = _part("agent_id", fields["agent_id"])
+        project_id = _part("project_id", fields["project_id"])
         pk = f"{scope}AGENT#{agent_id}"
         in_project = True
         for attempt in range(CONTENTION_ATTEMPTS):
@@ -109,22 +112,22 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
                 check = _Expression()
                 core.append({"ConditionCheck": {
                     "TableName": self.table,
-                    "Key": _key(f"{scope}BUILD#{_part('build_id', agent['build_id'])}", BUILD_SK),
+                    "Key": _key(f"{scope}BUILD#{_part('build_id', fields['build_id'])}", BUILD_SK),
                     "ConditionExpression":
                         f"{check.name('owner')} = {check.value(_s(expect_owner))} AND "
                         f"{check.name('status')} IN ({check.values_of(HELD_BUILD_STATUSES)})",
                     **check.params()}})
             expression = _Expression()
             if existing is None:
-                created_at = agent["created_at"]
-                core += [self._put(self._agent_item(tenant_id, agent, 1),
+                created_at = fields["created_at"]
+                core += [self._put(self._agent_item(tenant_id, fields, 1),
                                   f"attribute_not_exists({expression.name('pk')})", expression),
                         self._put({**_key(pk, STATS_SK), **_attributes({}, AGENT_STAT_FIELDS)})]
                 old_status, old_capabilities = None, []
             else:
                 created_at = existing["created_at"]["S"]
                 version = int(existing["version"]["N"])
-                core += [self._put(self._agent_item(tenant_id, {**agent, "created_at": created_at},
+                core += [self._put(self._agent_item(tenant_id, {**fields, "created_at": created_at},
                                                     version + 1),
                                   f"{expression.name('version')} = {expression.value(existing['version'])}",
                                   expression)]
@@ -136,9 +139,9 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
                 # gone gets an agent of its own, as the embedded store would keep it.
                 core += [self._exists(_key(f"{scope}PROJECT#{project_id}", PROJECT_SK)),
                          self._put(_key(f"{scope}PROJECT#{project_id}", f"AGENT#{agent_id}"))]
-            core += self._bump_counters(scope, self._agent_count_deltas(old_status, agent["status"]))
+            core += self._bump_counters(scope, self._agent_count_deltas(old_status, fields["status"]))
             puts, deletes = self._capability_actions(scope, agent_id, created_at, old_capabilities,
-                                                     agent["capabilities"])
+                                                     fields["capabilities"])
             try:
                 await self._write_agent(operation, core, puts, deletes)
                 return True
@@ -153,7 +156,7 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
                 await _back_off(attempt)
         raise RecordConflict(f"agent {agent_id} kept changing while it was registered")
 
-    async def get_agent(self, *, tenant_id: str, agent_id: str) -> Record | None:
+    async def get_agent(self, *, tenant_id: str, agent_id: str) -> Agent | None:
         if not _keyable(agent_id):
             return None
         agent, stats = await self._agent_items("get_agent", _scope(tenant_id), agent_id)
@@ -162,7 +165,7 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
     async def list_agents(self, *, tenant_id: str, limit: int, last_key: str | None,
                           project_id: str | None = None, status: str | None = None,
                           category: str | None = None,
-                          capabilities: list[str] | None = None) -> Page:
+                          capabilities: list[str] | None = None) -> Page[Agent]:
         """The most selective index for the filters given (a project, the capabilities
         merged newest first, a category, a status); every candidate is checked against all
         the filters and the read goes on until the page is full."""
@@ -185,23 +188,22 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         else:
             indexes = [_Index("gsi1", f"{scope}AGENTS", prefix, AGENT_SK)]
 
-        async def load(ids: list[str]) -> dict[str, Record]:
+        async def load(ids: list[str]) -> dict[str, Agent]:
             keys = [(f"{prefix}{i}", sk) for i in ids for sk in (AGENT_SK, STATS_SK)]
             items = await self._batch_get("list_agents", keys)
             return {i: self._agent_record(items[(f"{prefix}{i}", AGENT_SK)],
                                           items.get((f"{prefix}{i}", STATS_SK)))
                     for i in ids if (f"{prefix}{i}", AGENT_SK) in items}
 
-        def accept(agent: Record) -> bool:
-            return (project_id in (None, agent["project_id"]) and status in (None, agent["status"])
-                    and category in (None, agent["category"])
-                    and (not capabilities
-                         or bool(set(capabilities) & set(agent["capabilities"] or []))))
+        def accept(agent: Agent) -> bool:
+            return (project_id in (None, agent.project_id) and status in (None, agent.status)
+                    and category in (None, agent.category)
+                    and (not capabilities or bool(set(capabilities) & set(agent.capabilities))))
 
         return await _list_index(self, "list_agents", indexes, start=start, limit=limit,
                                  load=load, accept=accept)
 
-    async def update_agent(self, *, tenant_id: str, agent_id: str, changes: Record) -> Record | None:
+    async def update_agent(self, *, tenant_id: str, agent_id: str, changes: Changes) -> Agent | None:
         operation = "update_agent"
         if not _keyable(agent_id):
             return None
@@ -244,7 +246,7 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
                     raise StoreError(f"DynamoDB refused agent {agent_id}: {refused}") from refused
                 await _back_off(attempt)
                 continue
-            return {**updated, **_record(stats or {}, AGENT_STAT_FIELDS)}
+            return Agent.model_validate({**updated, **_record(stats or {}, AGENT_STAT_FIELDS)})
         raise RecordConflict(f"agent {agent_id} kept changing while it was updated")
 
     async def delete_agent(self, *, tenant_id: str, agent_id: str) -> bool:
@@ -302,13 +304,13 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         await self._batch_delete(operation, [(pk, sk) for sk in keys])
 
     # -- invocations -----------------------------------------------------------------------
-    async def record_invocation(self, *, tenant_id: str, invocation: Record,
-                                messages: list[Record]) -> None:
+    async def record_invocation(self, *, tenant_id: str, invocation: Invocation,
+                                messages: list[Message]) -> None:
         """One transaction: the invocation, the agent's stats (which must exist), a counter
         shard, a daily shard and, for a session turn, the session (at the message count it
         was read with) and its messages."""
         operation = "record_invocation"
-        agent_id = invocation["agent_id"]
+        agent_id = invocation.agent_id
         if not _keyable(agent_id):
             raise LookupError(f"agent {agent_id} no longer exists")
         stats, totals = invocation_deltas(invocation)
@@ -316,20 +318,20 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         scope = _scope(tenant_id)
         pk = f"{scope}AGENT#{agent_id}"
         invocation_item = {**_key(pk, "INVOCATION#" + _position(
-            invocation["created_at"], _part("invocation_id", invocation["invocation_id"]))),
-            **_attributes({**invocation, "tenant_id": tenant_id}, INVOCATION_FIELDS)}
-        session_id = messages[0]["session_id"] if messages else None
+            invocation.created_at, _part("invocation_id", invocation.invocation_id))),
+            **_attributes({**invocation.model_dump(), "tenant_id": tenant_id}, INVOCATION_FIELDS)}
+        session_id = messages[0].session_id if messages else None
         if session_id is not None and not _keyable(session_id):
             raise LookupError(f"session {session_id} no longer exists")
         for attempt in range(CONTENTION_ATTEMPTS):
             expression = _Expression()
             stats_update = _update_expression(
-                expression, set_={"last_invoked_at": _s(invocation["created_at"])},
+                expression, set_={"last_invoked_at": _s(invocation.created_at)},
                 add={name: _n(delta) for name, delta in stats.items()})
             actions = [self._update(_key(pk, STATS_SK), expression, stats_update,
                                     f"attribute_exists({expression.name('pk')})"),
                        self._put(invocation_item), *self._bump_counters(scope, totals),
-                       *self._bump_daily(scope, invocation["created_at"][:10], totals)]
+                       *self._bump_daily(scope, invocation.created_at[:10], totals)]
             session_update = len(actions)
             if session_id is not None:
                 session = await self._get(operation, _key(f"{scope}SESSION#{session_id}",
@@ -349,11 +351,11 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         raise RecordConflict(f"agent {agent_id} stayed too busy to record an invocation")
 
     def _session_turn_actions(self, tenant_id: str, session: Item,
-                              messages: list[Record]) -> list[dict[str, Any]]:
+                              messages: list[Message]) -> list[dict[str, Any]]:
         session_id = session["session_id"]["S"]
         pk = f"{_scope(tenant_id)}SESSION#{session_id}"
         count = int(session.get("message_count", {"N": "0"})["N"])
-        last_active_at = messages[-1]["created_at"]
+        last_active_at = messages[-1].created_at
         expression = _Expression()
         update = _update_expression(expression, set_={
             "message_count": _n(count + len(messages)), "last_active_at": _s(last_active_at),
@@ -363,11 +365,11 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         for offset, message in enumerate(messages, start=1):
             seq = count + offset
             actions.append(self._put({**_key(pk, f"MESSAGE#{seq:010d}"), **_attributes(
-                {**message, "seq": seq, "tenant_id": tenant_id}, MESSAGE_FIELDS)}))
+                {**message.model_dump(), "seq": seq, "tenant_id": tenant_id}, MESSAGE_FIELDS)}))
         return actions
 
     async def list_invocations(self, *, tenant_id: str, agent_id: str, limit: int,
-                               last_key: str | None) -> Page:
+                               last_key: str | None) -> Page[Invocation]:
         start = _decode_position(last_key)
         if not _keyable(agent_id):
             return Page(items=[])
@@ -375,5 +377,5 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         exclusive = _key(pk, "INVOCATION#" + _position(*start)) if start else None
         items = await _table_page(self, "list_invocations", pk, "INVOCATION#", forward=False,
                                   limit=limit, start=exclusive)
-        records = [_record(item, INVOCATION_FIELDS) for item in items]
-        return _page(records, limit, lambda r: [r["created_at"], r["invocation_id"]])
+        records = [_model(Invocation, item) for item in items]
+        return _page(records, limit, lambda r: [r.created_at, r.invocation_id])

@@ -14,16 +14,17 @@ from api.database.dynamodb.client import (
     CONTENTION_ATTEMPTS, MAX_TRANSACTION_BYTES, MAX_TRANSACTION_ITEMS, DynamoDBClient, _back_off,
     _chunks, _Refused)
 from api.database.dynamodb.codec import (
-    ARTIFACT_FIELDS, ARTIFACT_LISTED_FIELDS, BUILD_FIELDS, LOG_FIELDS, Item, _attribute_bytes,
-    _attributes, _check_size, _encode, _n, _record, _s, _text)
+    ARTIFACT_FIELDS, ARTIFACT_LISTED_FIELDS, BUILD_FIELDS, LOG_FIELDS, Fields, Item,
+    _attribute_bytes, _attributes, _check_size, _encode, _model, _n, _s, _text)
 from api.database.dynamodb.expressions import _Expression, _update_expression
 from api.database.dynamodb.keys import (
     ACTIVE_BUILDS, BUILD_REF, BUILD_SK, FAILED_STAGE_PREFIX, LOGS_SK, PROJECT_SK, _key, _keyable,
     _part, _position, _project_status_keys, _scope)
 from api.database.dynamodb.paging import _decode_position, _Index, _items_by_id, _list_index
-from api.database.interfaces import ProjectStore
+from api.core.records import Artifact, Build, BuildLogLine
+from api.database.interfaces import Changes, ProjectStore
 from api.database.store import (
-    ACTIVE_BUILD_STATUSES, FINAL_BUILD_STATUSES, PROJECT_STATUS_FOR_BUILD, Page, Record,
+    ACTIVE_BUILD_STATUSES, FINAL_BUILD_STATUSES, PROJECT_STATUS_FOR_BUILD, Page,
     build_token_deltas)
 
 logger = logging.getLogger("api.database.dynamodb")
@@ -37,35 +38,35 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
     """ProjectStore's builds, build logs and artifacts; DynamoDBProjects adds the projects."""
 
     @staticmethod
-    def _build_item(tenant_id: str, build: Record, user_id: str) -> Item:
+    def _build_item(tenant_id: str, build: Build, user_id: str) -> Item:
         scope = _scope(tenant_id)
-        build_id = _part("build_id", build["build_id"])
-        project_id = _part("project_id", build["project_id"])
-        position = _position(build["created_at"], build_id)
-        item = _attributes({**build, "tenant_id": tenant_id}, BUILD_FIELDS)
+        build_id = _part("build_id", build.build_id)
+        project_id = _part("project_id", build.project_id)
+        position = _position(build.created_at, build_id)
+        item = _attributes({**build.model_dump(), "tenant_id": tenant_id}, BUILD_FIELDS)
         item.update(_key(f"{scope}BUILD#{build_id}", BUILD_SK))
         item.update({"gsi1pk": _s(f"{scope}BUILDS#{project_id}"), "gsi1sk": _s(position),
                      "version": _n(1), "project_user": _s(user_id)})
-        if build["status"] in ACTIVE_BUILD_STATUSES:
+        if build.status in ACTIVE_BUILD_STATUSES:
             item.update({"gsi2pk": _s(ACTIVE_BUILDS), "gsi2sk": _s(position)})
         return item
 
-    def _new_build_actions(self, tenant_id: str, build: Record,
+    def _new_build_actions(self, tenant_id: str, build: Build,
                            user_id: str) -> list[dict[str, Any]]:
         """A new build with its reference in its project and, when owned, its lease row."""
         scope = _scope(tenant_id)
-        pk = f"{scope}BUILD#{build['build_id']}"
+        pk = f"{scope}BUILD#{build.build_id}"
         expression = _Expression()
         actions = [
             self._put(self._build_item(tenant_id, build, user_id),
                       f"attribute_not_exists({expression.name('pk')})", expression),
             self._put({**_key(pk, LOGS_SK), "log_seq": _n(0)}),
-            self._put(_key(f"{scope}PROJECT#{build['project_id']}",
-                           f"{BUILD_REF}{build['build_id']}"))]
-        if build.get("owner"):
-            actions.append(self._put(_key(f"LEASE#{_part('owner', build['owner'])}", pk)))
+            self._put(_key(f"{scope}PROJECT#{build.project_id}",
+                           f"{BUILD_REF}{build.build_id}"))]
+        if build.owner:
+            actions.append(self._put(_key(f"LEASE#{_part('owner', build.owner)}", pk)))
         actions += self._bump_counters(scope, {"builds_total": 1, "builds_active": 1})
-        actions += self._bump_daily(scope, build["created_at"][:10], {"builds_total": 1})
+        actions += self._bump_daily(scope, build.created_at[:10], {"builds_total": 1})
         return actions
 
     def _release_build_actions(self, item: Item) -> list[dict[str, Any]]:
@@ -92,7 +93,7 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
         await self._batch_delete(operation, keys)
 
     @staticmethod
-    def _mirror_expression(expression: _Expression, scope: str, fields: Record,
+    def _mirror_expression(expression: _Expression, scope: str, fields: Fields,
                            user_id: str) -> str:
         """The update of a project's mirrored fields (and its status index keys)."""
         set_ = {name: value for name, value in
@@ -107,7 +108,7 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
         while len(self._builds) > CACHED_BUILDS:
             self._builds.popitem(last=False)
 
-    async def get_build(self, *, tenant_id: str, build_id: str) -> Record | None:
+    async def get_build(self, *, tenant_id: str, build_id: str) -> Build | None:
         if not _keyable(build_id):
             return None
         pk = f"{_scope(tenant_id)}BUILD#{build_id}"
@@ -116,10 +117,10 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
             self._builds.pop(pk, None)
             return None
         self._remember_build(pk, item)
-        return _record(item, BUILD_FIELDS)
+        return _model(Build, item)
 
     async def list_builds(self, *, tenant_id: str, project_id: str, limit: int,
-                          last_key: str | None) -> Page:
+                          last_key: str | None) -> Page[Build]:
         start = _decode_position(last_key)
         if not _keyable(project_id):
             return Page(items=[])
@@ -127,19 +128,20 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
         index = _Index("gsi1", f"{scope}BUILDS#{project_id}", f"{scope}BUILD#", BUILD_SK)
         return await _list_index(
             self, "list_builds", [index], start=start, limit=limit,
-            load=_items_by_id(self, "list_builds", index, "build_id", BUILD_FIELDS),
-            accept=lambda build: build["project_id"] == project_id)
+            load=_items_by_id(self, "list_builds", index, "build_id", Build),
+            accept=lambda build: build.project_id == project_id)
 
-    async def update_build(self, *, tenant_id: str, build_id: str, changes: Record,
+    async def update_build(self, *, tenant_id: str, build_id: str, changes: Changes,
                            expect_status: tuple[str, ...], expect_owner: str | None = None,
-                           logs: Sequence[Record] = (), artifacts: Sequence[Record] = ()) -> bool:
+                           logs: Sequence[BuildLogLine] = (),
+                           artifacts: Sequence[Artifact] = ()) -> bool:
         """Not one transaction here: the artifacts first (one transaction per 100 items), so
         that a step is never recorded complete without its output; then the change; then the
         log lines, only if the change was made."""
-        def decide(build: Record) -> Record | None:
-            if build["status"] not in expect_status:
+        def decide(build: Build) -> Changes | None:
+            if build.status not in expect_status:
                 return None
-            if expect_owner is not None and build["owner"] != expect_owner:
+            if expect_owner is not None and build.owner != expect_owner:
                 return None
             return changes
 
@@ -156,7 +158,7 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
         return True
 
     async def _change_build(self, operation: str, scope: str, build_id: str,
-                            decide: Callable[[Record], Record | None], *, cached: bool,
+                            decide: Callable[[Build], Changes | None], *, cached: bool,
                             check_lease: bool) -> bool:
         """Apply the changes `decide` makes of the build's current state, in one transaction
         with its lease rows, the aggregates of a final status and the project's mirror.
@@ -175,7 +177,7 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
                 if item is None:
                     self._builds.pop(pk, None)
                     return False
-            current = _record(item, BUILD_FIELDS)
+            current = _model(Build, item)
             changes = decide(current)
             if changes is None:
                 if fresh:
@@ -201,25 +203,26 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
             return True
         raise RecordConflict(f"build {build_id} kept changing during {operation}")
 
-    def _build_change_actions(self, scope: str, item: Item, current: Record, changes: Record,
+    def _build_change_actions(self, scope: str, item: Item, current: Build, changes: Changes,
                               mirror: bool, check_lease: bool) -> tuple[list[dict[str, Any]], Item]:
         """The transaction that applies `changes`, and the build item it leaves."""
-        build_id, pk = current["build_id"], item["pk"]["S"]
-        updated = {**current, **changes}
+        build_id, pk = current.build_id, item["pk"]["S"]
+        updated = current.changed(changes)
         set_: Item = {}
         remove: list[str] = []
-        for name, value in changes.items():
-            if name not in BUILD_FIELDS or name in ("build_id", "tenant_id"):
+        for name in changes:
+            if name in ("build_id", "tenant_id"):
                 continue
-            encoded = _encode(name, value)
+            # Stored as checked: a value given as what validates into its field is written as the field.
+            encoded = _encode(name, getattr(updated, name))
             if encoded is None:
                 remove.append(name)
             else:
                 set_[name] = encoded
         if "status" in changes:
-            if updated["status"] in ACTIVE_BUILD_STATUSES:
+            if updated.status in ACTIVE_BUILD_STATUSES:
                 set_.update({"gsi2pk": _s(ACTIVE_BUILDS),
-                             "gsi2sk": _s(_position(current["created_at"], build_id))})
+                             "gsi2sk": _s(_position(current.created_at, build_id))})
             else:
                 remove += ["gsi2pk", "gsi2sk"]
         version = int(item["version"]["N"])
@@ -237,39 +240,39 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
         actions = [self._update(_key(pk, BUILD_SK), expression,
                                 _update_expression(expression, set_=set_, remove=remove),
                                 condition)]
-        if updated["owner"] != current["owner"]:
-            if current["owner"]:
-                actions.append(self._delete(_key(f"LEASE#{current['owner']}", pk)))
-            if updated["owner"]:
-                actions.append(self._put(_key(f"LEASE#{_part('owner', updated['owner'])}", pk)))
-        if updated["status"] != current["status"] and updated["status"] in FINAL_BUILD_STATUSES:
+        if updated.owner != current.owner:
+            if current.owner:
+                actions.append(self._delete(_key(f"LEASE#{current.owner}", pk)))
+            if updated.owner:
+                actions.append(self._put(_key(f"LEASE#{_part('owner', updated.owner)}", pk)))
+        if updated.status != current.status and updated.status in FINAL_BUILD_STATUSES:
             actions += self._finished_build_aggregates(scope, updated)
         if mirror:
             mirror_expression = _Expression()
-            mirrored = {"status": PROJECT_STATUS_FOR_BUILD[updated["status"]],
-                        "progress": updated["progress"], "current_stage": updated["current_stage"],
-                        "updated_at": updated["updated_at"]}
+            mirrored = {"status": PROJECT_STATUS_FOR_BUILD[updated.status],
+                        "progress": updated.progress, "current_stage": updated.current_stage,
+                        "updated_at": updated.updated_at}
             user_id = _text(item, "project_user") or ""
             update = self._mirror_expression(mirror_expression, scope, mirrored, user_id)
             condition = (f"{mirror_expression.name('latest_build_id')} = "
                          f"{mirror_expression.value(_s(build_id))}")
-            actions.append(self._update(_key(f"{scope}PROJECT#{current['project_id']}", PROJECT_SK),
+            actions.append(self._update(_key(f"{scope}PROJECT#{current.project_id}", PROJECT_SK),
                                         mirror_expression, update, condition))
         return actions, written
 
-    def _finished_build_aggregates(self, scope: str, build: Record) -> list[dict[str, Any]]:
+    def _finished_build_aggregates(self, scope: str, build: Build) -> list[dict[str, Any]]:
         """What a build reaching a final status adds to the aggregates (as SQLite counts it)."""
-        status = build["status"]
+        status = build.status
         tokens = {name: value for name, value in build_token_deltas(build).items() if value}
         counters = {"builds_active": -1, f"builds_{status}": 1, **tokens}
-        day = (build["finished_at"] or build["updated_at"])[:10]
+        day = (build.finished_at or build.updated_at)[:10]
         daily: dict[str, float] = dict(tokens)
         if status == "succeeded":
-            seconds = build["duration_seconds"] or 0.0
+            seconds = build.duration_seconds or 0.0
             counters["build_seconds_succeeded"] = seconds
             daily.update(builds_succeeded=1, build_seconds_succeeded=seconds)
         elif status == "failed":
-            stage = (build.get("error") or {}).get("stage") or "unknown"
+            stage = (build.error and build.error.stage) or "unknown"
             daily.update({"builds_failed": 1, f"{FAILED_STAGE_PREFIX}{stage}": 1})
         actions = self._bump_counters(scope, counters)
         if daily:
@@ -277,7 +280,7 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
         return actions
 
     # -- logs ------------------------------------------------------------------------------
-    async def _append_build_logs(self, pk: str, entries: Sequence[Record]) -> None:
+    async def _append_build_logs(self, pk: str, entries: Sequence[BuildLogLine]) -> None:
         """Lines are numbered per build by the build's small `#LOGS` item, advanced in the
         transaction that stores them, so they list in the order they were appended. The item
         exists as long as the build does: lines for a build that no longer exists are dropped."""
@@ -297,9 +300,9 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
                 condition = f"{expression.name('log_seq')} = {expression.value(_n(seq))}"
                 actions = [self._update(key, expression, update, condition)]
                 for offset, entry in enumerate(chunk, start=1):
-                    stage = _part("stage", entry["stage"])
+                    stage = _part("stage", entry.stage)
                     actions.append(self._put({**_key(pk, f"LOG#{stage}#{seq + offset:010d}"),
-                                              **_attributes(entry, LOG_FIELDS)}))
+                                              **_attributes(entry.model_dump(), LOG_FIELDS)}))
                 try:
                     await self._transact(operation, actions)
                 except _Refused as refused:
@@ -316,31 +319,31 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
             else:
                 raise RecordConflict(f"build {pk} stayed busy while appending logs")
 
-    async def list_build_logs(self, *, tenant_id: str, build_id: str, stage: str) -> list[Record]:
+    async def list_build_logs(self, *, tenant_id: str, build_id: str, stage: str) -> list[BuildLogLine]:
         if not _keyable(build_id, stage):
             return []
         items = await self._query_all("list_build_logs",
                                       partition=f"{_scope(tenant_id)}BUILD#{build_id}",
                                       sk_prefix=f"LOG#{stage}#")
-        return [_record(item, LOG_FIELDS) for item in items]
+        return [_model(BuildLogLine, item) for item in items]
 
     # -- artifacts -------------------------------------------------------------------------
-    async def _put_artifacts(self, tenant_id: str, artifacts: Sequence[Record]) -> None:
+    async def _put_artifacts(self, tenant_id: str, artifacts: Sequence[Artifact]) -> None:
         """Stored in their project's partition, conditional on their builds and projects
         existing, so that a build still writing after its project was deleted leaves nothing
         behind."""
         operation = "put_artifacts"
         scope = _scope(tenant_id)
-        latest: dict[tuple[str, str], Record] = {}
+        latest: dict[tuple[str, str], Artifact] = {}
         for artifact in artifacts:
-            latest[(_part("project_id", artifact["project_id"]), _part("path", artifact["path"]))] = artifact
+            latest[(_part("project_id", artifact.project_id), _part("path", artifact.path))] = artifact
         items = []
         for (project_id, path), artifact in latest.items():
             item = {**_key(f"{scope}PROJECT#{project_id}", f"ARTIFACT#{path}"),
-                    **_attributes({**artifact, "tenant_id": tenant_id}, ARTIFACT_FIELDS)}
+                    **_attributes({**artifact.model_dump(), "tenant_id": tenant_id}, ARTIFACT_FIELDS)}
             _check_size(item)
             items.append(item)
-        builds = {_part("build_id", artifact["build_id"]) for artifact in latest.values()}
+        builds = {_part("build_id", artifact.build_id) for artifact in latest.values()}
         parents = sorted({(f"{scope}BUILD#{build_id}", LOGS_SK) for build_id in builds}
                          | {(f"{scope}PROJECT#{project_id}", PROJECT_SK) for project_id, _ in latest})
         checks = [self._exists(_key(pk, sk)) for pk, sk in parents]
@@ -383,17 +386,17 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
         if chunk:
             yield chunk
 
-    async def list_artifacts(self, *, tenant_id: str, project_id: str) -> list[Record]:
+    async def list_artifacts(self, *, tenant_id: str, project_id: str) -> list[Artifact]:
         if not _keyable(project_id):
             return []
         items = await self._query_all("list_artifacts",
                                       partition=f"{_scope(tenant_id)}PROJECT#{project_id}",
                                       sk_prefix="ARTIFACT#", projection=ARTIFACT_LISTED_FIELDS)
-        return [_record(item, ARTIFACT_LISTED_FIELDS) for item in items]
+        return [_model(Artifact, item, ARTIFACT_LISTED_FIELDS) for item in items]
 
-    async def get_artifact(self, *, tenant_id: str, project_id: str, path: str) -> Record | None:
+    async def get_artifact(self, *, tenant_id: str, project_id: str, path: str) -> Artifact | None:
         if not _keyable(project_id, path):
             return None
         item = await self._get("get_artifact", _key(f"{_scope(tenant_id)}PROJECT#{project_id}",
                                                     f"ARTIFACT#{path}"))
-        return _record(item, ARTIFACT_FIELDS) if item else None
+        return _model(Artifact, item) if item else None

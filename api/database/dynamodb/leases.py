@@ -6,29 +6,30 @@ import asyncio
 
 from api.database.dynamodb.builds import DynamoDBBuilds
 from api.database.dynamodb.client import _Refused
-from api.database.dynamodb.codec import BUILD_FIELDS, Item, _record, _s, _text
+from api.core.records import Build
+from api.database.dynamodb.codec import Item, _model, _s, _text
 from api.database.dynamodb.expressions import _Expression, _update_expression
 from api.database.dynamodb.keys import (
     ACTIVE_BUILDS, BUILD_SK, CLAIM_ATTRIBUTES, _key, _keyable, _scope)
-from api.database.interfaces import LeaseStore
-from api.database.store import ACTIVE_BUILD_STATUSES, CLAIMABLE_UNOWNED_STATUSES, Record
+from api.database.interfaces import Changes, LeaseStore
+from api.database.store import ACTIVE_BUILD_STATUSES, CLAIMABLE_UNOWNED_STATUSES, LeasedBuild
 
 
 class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
     """LeaseStore on DynamoDB; a claim is a build change (DynamoDBBuilds)."""
 
     @staticmethod
-    def _claimable(build: Record, now: str) -> bool:
-        if build["owner"] is None:
-            return build["status"] in CLAIMABLE_UNOWNED_STATUSES
-        return (build["status"] in ACTIVE_BUILD_STATUSES and build["lease_until"] is not None
-                and build["lease_until"] < now)
+    def _claimable(build: Build, now: str) -> bool:
+        if build.owner is None:
+            return build.status in CLAIMABLE_UNOWNED_STATUSES
+        return (build.status in ACTIVE_BUILD_STATUSES and build.lease_until is not None
+                and build.lease_until < now)
 
-    async def list_claimable_builds(self, *, now: str, limit: int) -> list[Record]:
+    async def list_claimable_builds(self, *, now: str, limit: int) -> list[Build]:
         """Active builds, of every tenant, are the sparse gsi2 partition BUILDS#active, which
         carries status, owner and lease, so the claim filter runs inside the Query."""
         operation = "list_claimable_builds"
-        claimable: list[Record] = []
+        claimable: list[Build] = []
         start = None
         while len(claimable) < limit:
             expression = _Expression()
@@ -44,7 +45,7 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
             while keys and len(claimable) < limit:
                 wanted, keys = keys[:limit - len(claimable)], keys[limit - len(claimable):]
                 found = await self._batch_get(operation, wanted)
-                builds = [_record(found[key], BUILD_FIELDS) for key in wanted if key in found]
+                builds = [_model(Build, found[key]) for key in wanted if key in found]
                 claimable += [build for build in builds if self._claimable(build, now)]
             if start is None:
                 break
@@ -52,27 +53,27 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
 
     async def claim_build(self, *, tenant_id: str, build_id: str, owner: str, lease_until: str,
                           now: str) -> bool:
-        def decide(build: Record) -> Record | None:
+        def decide(build: Build) -> Changes | None:
             if not self._claimable(build, now):
                 return None
             return {"owner": owner, "lease_until": lease_until,
-                    "recoveries": build["recoveries"] + (build["owner"] is not None),
-                    "status": "running" if build["status"] == "queued" else build["status"],
-                    "started_at": build["started_at"] or now, "updated_at": now}
+                    "recoveries": build.recoveries + (build.owner is not None),
+                    "status": "running" if build.status == "queued" else build.status,
+                    "started_at": build.started_at or now, "updated_at": now}
 
         # A claim always reads afresh and requires the lease it read: a renewal between the
         # read and the write keeps the build with its live owner.
         return await self._change_build("claim_build", _scope(tenant_id), build_id, decide,
                                         cached=False, check_lease=True)
 
-    async def renew_leases(self, *, owner: str, lease_until: str) -> list[Record]:
+    async def renew_leases(self, *, owner: str, lease_until: str) -> list[LeasedBuild]:
         """The owner's lease rows name its builds (their partition keys); each renewal is
         conditional on the build still being active and owned by it. The rows are read again until no claim made
         meanwhile is missing, so the answer covers every build held when it returns."""
         operation = "renew_leases"
         if not _keyable(owner):
             return []
-        renewed: dict[str, Record | None] = {}
+        renewed: dict[str, LeasedBuild | None] = {}
         while True:
             rows = await self._query_all(operation, partition=f"LEASE#{owner}", projection=("sk",))
             new = [row["sk"]["S"] for row in rows if row["sk"]["S"] not in renewed]
@@ -91,7 +92,7 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
                                      projection=("sk",))
         return [row["sk"]["S"].rsplit("BUILD#", 1)[1] for row in rows]
 
-    async def _renew_lease(self, owner: str, pk: str, lease_until: str) -> Record | None:
+    async def _renew_lease(self, owner: str, pk: str, lease_until: str) -> LeasedBuild | None:
         """The build (tenant, id and status) when the owner still holds it."""
         expression = _Expression()
         update = _update_expression(expression, set_={"lease_until": _s(lease_until)})
@@ -109,4 +110,4 @@ class DynamoDBLeases(DynamoDBBuilds, LeaseStore):
             if not item or _text(item, "owner") != owner:
                 return None
         assert item is not None
-        return _record(item, ("tenant_id", "build_id", "status"))
+        return LeasedBuild(**{name: _text(item, name) for name in ("tenant_id", "build_id", "status")})  # type: ignore[arg-type]

@@ -10,9 +10,10 @@ from typing import Any
 from api.core.store_errors import InvalidCursor
 from api.database import cursor
 from api.database.dynamodb.client import DynamoDBClient
-from api.database.dynamodb.codec import Item, _record, _s
+from api.database.dynamodb.codec import Item, _model, _s
 from api.database.dynamodb.keys import _keyable, _position
-from api.database.store import Page, Record
+from api.database.interfaces import R
+from api.database.store import Page
 
 
 @dataclass
@@ -47,7 +48,7 @@ def _decode_position(last_key: str | None) -> tuple[str, str] | None:
     return timestamp, identifier
 
 
-def _page(records: list[Record], limit: int, position: Callable[[Record], list[Any]]) -> Page:
+def _page(records: list[R], limit: int, position: Callable[[R], list[Any]]) -> Page[R]:
     if len(records) > limit:
         return Page(items=records[:limit], last_key=cursor.encode(position(records[limit - 1])))
     return Page(items=records)
@@ -68,21 +69,21 @@ async def _table_page(client: DynamoDBClient, operation: str, pk: str, prefix: s
 
 
 def _items_by_id(client: DynamoDBClient, operation: str, index: _Index, id_field: str,
-                 fields: tuple[str, ...]) -> Callable[[list[str]], Awaitable[dict[str, Record]]]:
+                 model: type[R]) -> Callable[[list[str]], Awaitable[dict[str, R]]]:
     """The `load` of `_list_index` for an index whose keys each name one item (the index's
     pk_prefix and an id, its base_sk): the records by id, read with BatchGetItem."""
-    async def load(ids: list[str]) -> dict[str, Record]:
+    async def load(ids: list[str]) -> dict[str, R]:
         items = await client._batch_get(operation, [(f"{index.pk_prefix}{i}", index.base_sk)
                                                     for i in ids])
-        return {item[id_field]["S"]: _record(item, fields) for item in items.values()}
+        return {item[id_field]["S"]: _model(model, item) for item in items.values()}
 
     return load
 
 
 async def _list_index(client: DynamoDBClient, operation: str, indexes: list[_Index], *,
                       start: tuple[str, str] | None, limit: int,
-                      load: Callable[[list[str]], Awaitable[dict[str, Record]]],
-                      accept: Callable[[Record], bool]) -> Page:
+                      load: Callable[[list[str]], Awaitable[dict[str, R]]],
+                      accept: Callable[[R], bool]) -> Page[R]:
     """A keyset page over index partitions merged newest first. Keys come from the
     indexes; the items are read consistently and checked (an index may lag), and reading
     goes on until the page is full or the indexes are exhausted."""
@@ -95,7 +96,7 @@ async def _list_index(client: DynamoDBClient, operation: str, indexes: list[_Ind
                          "pk": _s(f"{index.pk_prefix}{start[1]}"), "sk": _s(index.base_sk)}
         streams.append(_Stream(index=index, start=exclusive))
     seen: set[str] = set()
-    found: list[tuple[str, Record]] = []
+    found: list[tuple[str, R]] = []
     while len(found) <= limit:
         candidates = await _merge(client, operation, streams, limit + 1 - len(found), seen)
         if not candidates:

@@ -6,29 +6,30 @@ from api.core.store_errors import InvalidCursor, StoreError
 from api.database import cursor
 from api.database.dynamodb.client import DynamoDBClient, _Refused
 from api.database.dynamodb.codec import (
-    MESSAGE_FIELDS, SESSION_FIELDS, Item, _attributes, _record, _s)
+    SESSION_FIELDS, Item, _attributes, _model, _s)
 from api.database.dynamodb.expressions import _Expression
 from api.database.dynamodb.keys import (
     AGENT_SK, CLEANUP_PK, SESSION_SK, _cleanup_sk, _key, _keyable, _part, _position, _scope)
 from api.database.dynamodb.paging import (
     _decode_position, _Index, _items_by_id, _list_index, _page, _table_page)
 from api.database.interfaces import SessionStore
-from api.database.store import Page, Record
+from api.core.records import Message, Session
+from api.database.store import Page
 
 
 class DynamoDBSessions(DynamoDBClient, SessionStore):
     """SessionStore on DynamoDB."""
 
-    async def create_session(self, *, tenant_id: str, session: Record) -> bool:
-        agent_id = session["agent_id"]
+    async def create_session(self, *, tenant_id: str, session: Session) -> bool:
+        agent_id = session.agent_id
         if not _keyable(agent_id):
             return False
         scope = _scope(tenant_id)
-        session_id = _part("session_id", session["session_id"])
+        session_id = _part("session_id", session.session_id)
         item = {**_key(f"{scope}SESSION#{session_id}", SESSION_SK),
-                **_attributes({**session, "tenant_id": tenant_id}, SESSION_FIELDS),
+                **_attributes({**session.model_dump(), "tenant_id": tenant_id}, SESSION_FIELDS),
                 "gsi1pk": _s(f"{scope}SESSIONS#{agent_id}"),
-                "gsi1sk": _s(_position(session["last_active_at"], session_id))}
+                "gsi1sk": _s(_position(session.last_active_at, session_id))}
         expression = _Expression()
         actions = [self._exists(_key(f"{scope}AGENT#{agent_id}", AGENT_SK)),
                    self._put(item, f"attribute_not_exists({expression.name('pk')})", expression),
@@ -41,15 +42,15 @@ class DynamoDBSessions(DynamoDBClient, SessionStore):
             raise StoreError(f"session {session_id} could not be created: {refused}") from refused
         return True
 
-    async def get_session(self, *, tenant_id: str, session_id: str) -> Record | None:
+    async def get_session(self, *, tenant_id: str, session_id: str) -> Session | None:
         if not _keyable(session_id):
             return None
         item = await self._get("get_session", _key(f"{_scope(tenant_id)}SESSION#{session_id}",
                                                    SESSION_SK))
-        return _record(item, SESSION_FIELDS) if item else None
+        return _model(Session, item) if item else None
 
     async def list_sessions(self, *, tenant_id: str, agent_id: str, limit: int,
-                            last_key: str | None) -> Page:
+                            last_key: str | None) -> Page[Session]:
         start = _decode_position(last_key)
         if not _keyable(agent_id):
             return Page(items=[])
@@ -57,11 +58,11 @@ class DynamoDBSessions(DynamoDBClient, SessionStore):
         index = _Index("gsi1", f"{scope}SESSIONS#{agent_id}", f"{scope}SESSION#", SESSION_SK)
         return await _list_index(
             self, "list_sessions", [index], start=start, limit=limit,
-            load=_items_by_id(self, "list_sessions", index, "session_id", SESSION_FIELDS),
-            accept=lambda session: session["agent_id"] == agent_id)
+            load=_items_by_id(self, "list_sessions", index, "session_id", Session),
+            accept=lambda session: session.agent_id == agent_id)
 
     async def list_messages(self, *, tenant_id: str, session_id: str, limit: int,
-                            last_key: str | None) -> Page:
+                            last_key: str | None) -> Page[Message]:
         pk = f"{_scope(tenant_id)}SESSION#{session_id}"
         start = None
         if last_key is not None:
@@ -74,10 +75,10 @@ class DynamoDBSessions(DynamoDBClient, SessionStore):
             return Page(items=[])
         items = await _table_page(self, "list_messages", pk, "MESSAGE#",
                                   forward=True, limit=limit, start=start)
-        records = [_record(item, MESSAGE_FIELDS) for item in items]
-        return _page(records, limit, lambda r: [r["seq"], r["message_id"]])
+        records = [_model(Message, item) for item in items]
+        return _page(records, limit, lambda r: [r.seq, r.message_id])
 
-    async def recent_messages(self, *, tenant_id: str, session_id: str, limit: int) -> list[Record]:
+    async def recent_messages(self, *, tenant_id: str, session_id: str, limit: int) -> list[Message]:
         if not _keyable(session_id):
             return []
         pk = f"{_scope(tenant_id)}SESSION#{session_id}"
@@ -90,7 +91,7 @@ class DynamoDBSessions(DynamoDBClient, SessionStore):
             items.extend(page)
             if start is None:
                 break
-        return [_record(item, MESSAGE_FIELDS) for item in reversed(items)]
+        return [_model(Message, item) for item in reversed(items)]
 
     async def delete_session(self, *, tenant_id: str, session_id: str) -> bool:
         operation = "delete_session"

@@ -12,10 +12,11 @@ from api.database.sqlite.connection import (
     to_record,
     update,
 )
+from api.core.records import AGENT_STAT_FIELDS, Agent, Invocation, Message
 from api.database.store import (
     HELD_BUILD_STATUSES,
+    Changes,
     Page,
-    Record,
     invocation_deltas,
 )
 
@@ -46,30 +47,30 @@ def delete_agents(conn: sqlite3.Connection, tenant_id: str, where: str,
 class SQLiteAgents(SQLiteConnection):
     """AgentStore on SQLite."""
 
-    async def put_agent(self, *, tenant_id: str, agent: Record,
+    async def put_agent(self, *, tenant_id: str, agent: Agent,
                         expect_owner: str | None = None) -> bool:
         def work(conn: sqlite3.Connection) -> bool:
             if expect_owner is not None and conn.execute(
                     "SELECT 1 FROM builds WHERE build_id = ? AND tenant_id = ? AND owner = ? AND "
                     f"status IN {HELD_BUILD_STATUSES}",
-                    (agent["build_id"], tenant_id, expect_owner)).fetchone() is None:
+                    (agent.build_id, tenant_id, expect_owner)).fetchone() is None:
                 return False
             existing = conn.execute("SELECT * FROM agents WHERE agent_id = ?",
-                                    (agent["agent_id"],)).fetchone()
+                                    (agent.agent_id,)).fetchone()
             if existing is None:
                 insert(conn, "agents", agent, tenant_id=tenant_id)
-                created_at = agent["created_at"]
+                created_at = agent.created_at
             elif existing["tenant_id"] != tenant_id:
                 return False  # the id (its project's) is another tenant's
             else:
                 adjust_agent_count(conn, tenant_id, existing["status"], -1)
-                changes = {k: v for k, v in agent.items()
-                           if k not in ("agent_id", "created_at", "tenant_id")}
-                update(conn, "agents", ("agent_id", agent["agent_id"]), existing, changes)
+                changes = dict(agent.model_dump(exclude={"agent_id", "created_at", "tenant_id",
+                                                         *AGENT_STAT_FIELDS}))
+                update(conn, "agents", ("agent_id", agent.agent_id), existing, changes)
                 created_at = existing["created_at"]
-            adjust_agent_count(conn, tenant_id, agent["status"], 1)
-            self._index_capabilities(conn, tenant_id, agent["agent_id"], created_at,
-                                     agent["capabilities"])
+            adjust_agent_count(conn, tenant_id, agent.status, 1)
+            self._index_capabilities(conn, tenant_id, agent.agent_id, created_at,
+                                     agent.capabilities)
             return True
 
         return await self._write("put_agent", work)
@@ -83,15 +84,15 @@ class SQLiteAgents(SQLiteConnection):
             "VALUES (?, ?, ?, ?)", [(tenant_id, capability, created_at, agent_id)
                                     for capability in dict.fromkeys(capabilities)])
 
-    async def get_agent(self, *, tenant_id: str, agent_id: str) -> Record | None:
-        return await self._read("get_agent", lambda conn: to_record(conn.execute(
+    async def get_agent(self, *, tenant_id: str, agent_id: str) -> Agent | None:
+        return await self._read("get_agent", lambda conn: to_record(Agent, conn.execute(
             "SELECT * FROM agents WHERE agent_id = ? AND tenant_id = ?",
             (agent_id, tenant_id)).fetchone()))
 
     async def list_agents(self, *, tenant_id: str, limit: int, last_key: str | None,
                           project_id: str | None = None, status: str | None = None,
                           category: str | None = None,
-                          capabilities: list[str] | None = None) -> Page:
+                          capabilities: list[str] | None = None) -> Page[Agent]:
         where, params = [], []
         for column, value in (("project_id", project_id), ("status", status), ("category", category)):
             if value is not None:
@@ -103,25 +104,24 @@ class SQLiteAgents(SQLiteConnection):
                 f"capability IN ({', '.join('?' * len(capabilities))}))")
             params.extend([tenant_id, *capabilities])
         return await self._read("list_agents", lambda conn: keyset_page(
-            conn, tenant_id=tenant_id, select="SELECT * FROM agents", where=where, params=params,
+            conn, Agent, tenant_id=tenant_id, select="SELECT * FROM agents", where=where, params=params,
             keys=("created_at", "agent_id"), descending=True, limit=limit, last_key=last_key))
 
     async def update_agent(self, *, tenant_id: str, agent_id: str,
-                           changes: Record) -> Record | None:
-        def work(conn: sqlite3.Connection) -> Record | None:
+                           changes: Changes) -> Agent | None:
+        def work(conn: sqlite3.Connection) -> Agent | None:
             row = conn.execute("SELECT * FROM agents WHERE agent_id = ? AND tenant_id = ?",
                                (agent_id, tenant_id)).fetchone()
             if row is None:
                 return None
-            current = to_record(row)
             update(conn, "agents", ("agent_id", agent_id), row, changes)
-            if "status" in changes and changes["status"] != current["status"]:
-                adjust_agent_count(conn, tenant_id, current["status"], -1)
+            if "status" in changes and changes["status"] != row["status"]:
+                adjust_agent_count(conn, tenant_id, row["status"], -1)
                 adjust_agent_count(conn, tenant_id, changes["status"], 1)
             if "capabilities" in changes:
-                self._index_capabilities(conn, tenant_id, agent_id, current["created_at"],
+                self._index_capabilities(conn, tenant_id, agent_id, row["created_at"],
                                          changes["capabilities"])
-            return to_record(conn.execute("SELECT * FROM agents WHERE agent_id = ?",
+            return to_record(Agent, conn.execute("SELECT * FROM agents WHERE agent_id = ?",
                                           (agent_id,)).fetchone())
 
         return await self._write("update_agent", work)
@@ -135,40 +135,40 @@ class SQLiteAgents(SQLiteConnection):
 
         return await self._write("delete_agent", work)
 
-    async def record_invocation(self, *, tenant_id: str, invocation: Record,
-                                messages: list[Record]) -> None:
+    async def record_invocation(self, *, tenant_id: str, invocation: Invocation,
+                                messages: list[Message]) -> None:
         def work(conn: sqlite3.Connection) -> None:
             stats, totals = invocation_deltas(invocation)
             updated = conn.execute(
                 f"UPDATE agents SET {''.join(f'{column} = {column} + ?, ' for column in stats)}"
                 "last_invoked_at = ? WHERE agent_id = ? AND tenant_id = ?",
-                (*stats.values(), invocation["created_at"], invocation["agent_id"],
+                (*stats.values(), invocation.created_at, invocation.agent_id,
                  tenant_id)).rowcount
             if not updated:
-                raise LookupError(f"agent {invocation['agent_id']} no longer exists")
+                raise LookupError(f"agent {invocation.agent_id} no longer exists")
             insert(conn, "invocations", invocation, tenant_id=tenant_id)
             for name, delta in totals.items():
                 if delta:
                     bump(conn, tenant_id, name, delta)
-                    bump_daily(conn, tenant_id, invocation["created_at"], name, delta)
+                    bump_daily(conn, tenant_id, invocation.created_at, name, delta)
             if messages:
-                session_id = messages[0]["session_id"]
+                session_id = messages[0].session_id
                 seq = conn.execute(
                     "SELECT message_count FROM sessions WHERE session_id = ? AND tenant_id = ?",
                     (session_id, tenant_id)).fetchone()
                 if seq is None:
                     raise LookupError(f"session {session_id} no longer exists")
                 for offset, message in enumerate(messages, start=1):
-                    insert(conn, "messages", {**message, "seq": seq[0] + offset},
+                    insert(conn, "messages", message.changed({"seq": seq[0] + offset}),
                            tenant_id=tenant_id)
                 conn.execute(
                     "UPDATE sessions SET message_count = message_count + ?, last_active_at = ? "
-                    "WHERE session_id = ?", (len(messages), messages[-1]["created_at"], session_id))
+                    "WHERE session_id = ?", (len(messages), messages[-1].created_at, session_id))
 
         await self._write("record_invocation", work)
 
     async def list_invocations(self, *, tenant_id: str, agent_id: str, limit: int,
-                               last_key: str | None) -> Page:
+                               last_key: str | None) -> Page[Invocation]:
         return await self._read("list_invocations", lambda conn: keyset_page(
-            conn, tenant_id=tenant_id, select="SELECT * FROM invocations", where=["agent_id = ?"], params=[agent_id],
+            conn, Invocation, tenant_id=tenant_id, select="SELECT * FROM invocations", where=["agent_id = ?"], params=[agent_id],
             keys=("created_at", "invocation_id"), descending=True, limit=limit, last_key=last_key))

@@ -18,44 +18,47 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic_core import to_json
+
 from api.core.store_errors import StoreError
 from api.database import cursor
-from api.database.store import PLATFORM_SCOPE, Page, Record, Store, check_record_size
+from api.core.records import BOOL_FIELDS, JSON_FIELDS, StoredRecord
+from api.database.interfaces import R, Changes
+from api.database.store import PLATFORM_SCOPE, Page, Store, check_record_size
 
 T = TypeVar("T")
 
-JSON_COLUMNS = {"tags", "stages", "context", "error", "capabilities", "tools", "trace", "metadata",
-                "usage"}
-# SQLite has no boolean type: these integer columns read back as bool.
-BOOL_COLUMNS = {"tokens_estimated"}
 BUSY_TIMEOUT_SECONDS = 5.0
 READER_THREADS = 2
 
 
-def to_record(row: sqlite3.Row | None) -> Record | None:
+def to_record(model: type[R], row: sqlite3.Row | None) -> R | None:
+    """The record a row holds: its JSON columns parsed, its integer booleans made bool."""
     if row is None:
         return None
-    record = dict(row)
-    for column in JSON_COLUMNS.intersection(record):
-        if record[column] is not None:
-            record[column] = json.loads(record[column])
-    for column in BOOL_COLUMNS.intersection(record):
-        record[column] = bool(record[column])
-    return record
+    fields = dict(row)
+    for column in JSON_FIELDS.intersection(fields):
+        if fields[column] is not None:
+            fields[column] = json.loads(fields[column])
+    for column in BOOL_FIELDS.intersection(fields):
+        fields[column] = bool(fields[column])
+    return model.model_validate(fields)
 
 
-def to_records(rows: list[sqlite3.Row]) -> list[Record]:
-    return [to_record(row) for row in rows]  # type: ignore[misc]
+def to_records(model: type[R], rows: list[sqlite3.Row]) -> list[R]:
+    return [to_record(model, row) for row in rows]  # type: ignore[misc]
 
 
 def _column_value(column: str, value: Any) -> Any:
-    return json.dumps(value) if column in JSON_COLUMNS and value is not None else value
+    if column in JSON_FIELDS and value is not None:
+        return to_json(value).decode()
+    return value
 
 
-def insert(conn: sqlite3.Connection, table: str, record: Record, *, tenant_id: str) -> None:
+def insert(conn: sqlite3.Connection, table: str, record: StoredRecord, *, tenant_id: str) -> None:
     """Insert `record` as a row of `tenant_id` (its `tenant_id` column set from the argument)."""
     # Sized as stored: a JSON column's text is what check_record_size would count for it.
-    stored = {column: _column_value(column, value) for column, value in record.items()}
+    stored = {column: _column_value(column, value) for column, value in record}
     stored["tenant_id"] = tenant_id
     check_record_size(stored)
     conn.execute(
@@ -65,7 +68,7 @@ def insert(conn: sqlite3.Connection, table: str, record: Record, *, tenant_id: s
 
 
 def update(conn: sqlite3.Connection, table: str, key: tuple[str, Any], row: sqlite3.Row,
-           changes: Record) -> None:
+           changes: Changes) -> None:
     """Apply `changes` to the stored `row` whose key column and value are `key`, sized as
     stored: the row's own text and the changes serialized once (a build's every step writes its
     stages and context: serializing them again to size the record cost item 6 of the benchmark
@@ -97,6 +100,7 @@ def bump_daily(conn: sqlite3.Connection, tenant_id: str, timestamp: str, name: s
 
 def keyset_page(
     conn: sqlite3.Connection,
+    model: type[R],
     *,
     tenant_id: str,
     select: str,
@@ -118,9 +122,9 @@ def keyset_page(
     sql = f"{select} WHERE {' AND '.join(where)}"
     sql += f" ORDER BY {keys[0]} {direction}, {keys[1]} {direction} LIMIT ?"
     rows = conn.execute(sql, [*params, limit + 1]).fetchall()
-    items = to_records(rows[:limit])
+    items = to_records(model, rows[:limit])
     more = len(rows) > limit
-    next_key = cursor.encode([items[-1][keys[0]], items[-1][keys[1]]]) if more else None
+    next_key = cursor.encode([rows[limit - 1][keys[0]], rows[limit - 1][keys[1]]]) if more else None
     return Page(items=items, last_key=next_key)
 
 

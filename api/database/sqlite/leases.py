@@ -4,8 +4,9 @@ import sqlite3
 
 from api.database.sqlite.connection import SQLiteConnection, to_record, to_records
 from api.database.sqlite.projects import mirror_on_project
+from api.core.records import Build
 from api.database.store import (
-    ACTIVE_BUILD_STATUSES, CLAIMABLE_UNOWNED_STATUSES, HELD_BUILD_STATUSES, Record)
+    ACTIVE_BUILD_STATUSES, CLAIMABLE_UNOWNED_STATUSES, HELD_BUILD_STATUSES, LeasedBuild)
 
 
 def _claimable_condition() -> str:
@@ -16,8 +17,8 @@ def _claimable_condition() -> str:
 class SQLiteLeases(SQLiteConnection):
     """LeaseStore on SQLite."""
 
-    async def list_claimable_builds(self, *, now: str, limit: int) -> list[Record]:
-        return await self._read("list_claimable_builds", lambda conn: to_records(conn.execute(
+    async def list_claimable_builds(self, *, now: str, limit: int) -> list[Build]:
+        return await self._read("list_claimable_builds", lambda conn: to_records(Build, conn.execute(
             f"SELECT * FROM builds WHERE status IN {ACTIVE_BUILD_STATUSES} AND "
             f"{_claimable_condition()} ORDER BY created_at LIMIT ?", (now, limit)).fetchall()))
 
@@ -32,20 +33,20 @@ class SQLiteLeases(SQLiteConnection):
                 f"WHERE build_id = ? AND tenant_id = ? AND {_claimable_condition()}",
                 (owner, lease_until, now, now, build_id, tenant_id, now)).rowcount
             if claimed:
-                build = to_record(conn.execute("SELECT * FROM builds WHERE build_id = ?",
-                                          (build_id,)).fetchone())
+                build = to_record(Build, conn.execute("SELECT * FROM builds WHERE build_id = ?",
+                                                      (build_id,)).fetchone())
                 mirror_on_project(conn, build)  # type: ignore[arg-type]
             return bool(claimed)
 
         return await self._write("claim_build", work)
 
-    async def renew_leases(self, *, owner: str, lease_until: str) -> list[Record]:
-        def work(conn: sqlite3.Connection) -> list[Record]:
+    async def renew_leases(self, *, owner: str, lease_until: str) -> list[LeasedBuild]:
+        def work(conn: sqlite3.Connection) -> list[LeasedBuild]:
             conn.execute(
                 f"UPDATE builds SET lease_until = ? WHERE owner = ? AND status IN {ACTIVE_BUILD_STATUSES}",
                 (lease_until, owner))
-            return to_records(conn.execute(
-                "SELECT tenant_id, build_id, status FROM builds WHERE owner = ?", (owner,)).fetchall())
+            return [LeasedBuild(*row) for row in conn.execute(
+                "SELECT tenant_id, build_id, status FROM builds WHERE owner = ?", (owner,)).fetchall()]
 
         return await self._write("renew_leases", work)
 
