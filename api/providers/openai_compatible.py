@@ -17,7 +17,6 @@ from typing import Any, cast
 import httpx
 import openai
 from openai import AsyncOpenAI, AsyncStream, omit
-from openai.types import CompletionUsage
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import SecretStr
 
@@ -61,16 +60,16 @@ class OpenAICompatibleProvider(ModelProvider):
         self._stream_options_refused = False
 
     async def complete(self, request: ModelRequest) -> ModelReply:
-        try:
-            completion = await self._client.chat.completions.create(
-                **self._arguments(request), stream=False)
-        except openai.APIError as exc:
-            raise self._error(exc, request) from exc
-        if not completion.choices:
-            raise ModelError("the model endpoint answered with no choices")
-        choice = completion.choices[0]
-        return ModelReply(text=choice.message.content or "", finish_reason=choice.finish_reason,
-                          model=completion.model, usage=_usage(completion.usage))
+        """The whole reply, streamed all the same: a server notices that a client closed a
+        streamed request (a stopped build, its task cancelled) at its next token, but a
+        non-streamed one only when its wait for the result times out; llama-server's wait
+        (HTTP_POLLING_SECONDS, 1 s) starts again at every result of any request, its /slots
+        answers too, so the model went on generating for a second or more after a stop."""
+        async with contextlib.aclosing(self.stream(request)) as events:
+            async for event in events:
+                if isinstance(event, ModelReply):
+                    return event
+        raise ModelError("the model's stream ended without a final message")
 
     async def stream(self, request: ModelRequest) -> AsyncIterator[TextDelta | ModelReply]:
         parts: list[str] = []
@@ -219,10 +218,8 @@ async def _chunks(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:
         yield chunk
 
 
-def _usage(usage: CompletionUsage | dict[str, Any] | None) -> Usage | None:
+def _usage(usage: dict[str, Any] | None) -> Usage | None:
     if usage is None:
         return None
-    if isinstance(usage, dict):
-        return Usage(input_tokens=usage.get("prompt_tokens") or 0,
-                     output_tokens=usage.get("completion_tokens") or 0)
-    return Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens)
+    return Usage(input_tokens=usage.get("prompt_tokens") or 0,
+                 output_tokens=usage.get("completion_tokens") or 0)

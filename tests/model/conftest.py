@@ -51,6 +51,17 @@ async def slots_busy(server: ModelServer) -> int:
     return sum(1 for slot in response.json() if slot["is_processing"])
 
 
+async def slots_generating(server: ModelServer) -> int:
+    """How many of the server's slots are past the prompt, generating: llama-server notices a
+    closed stream at its next token, and cannot during the prompt's evaluation."""
+    root = server.base_url.removesuffix("/v1")
+    async with httpx.AsyncClient(timeout=5) as http:
+        response = await http.get(f"{root}/slots")
+    response.raise_for_status()
+    return sum(1 for slot in response.json()
+               if slot["is_processing"] and slot["next_token"][0]["n_decoded"] > 0)
+
+
 def _model_id(base_url: str) -> str:
     response = httpx.get(f"{base_url}/models", timeout=5)
     response.raise_for_status()
