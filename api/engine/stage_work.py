@@ -74,15 +74,12 @@ class StageOutput:
 
 def build_usage(stages: list[Stage]) -> BuildUsage:
     """The build's model usage: the sum over its stages and sub-stages so far."""
-    total = BuildUsage()
-    for usage in (step.model_usage for stage in stages for step in stage.steps()):
-        if usage:
-            total.calls += usage.calls
-            total.input_tokens += usage.input_tokens
-            total.output_tokens += usage.output_tokens
-            total.duration_ms = round(total.duration_ms + usage.duration_ms, 3)
-            total.tokens_estimated = total.tokens_estimated or usage.tokens_estimated
-    return total
+    used = [step.model_usage for stage in stages for step in stage.steps() if step.model_usage]
+    return BuildUsage(calls=sum(usage.calls for usage in used),
+                      input_tokens=sum(usage.input_tokens for usage in used),
+                      output_tokens=sum(usage.output_tokens for usage in used),
+                      tokens_estimated=any(usage.tokens_estimated for usage in used),
+                      duration_ms=round(sum(usage.duration_ms for usage in used), 3))
 
 
 def _json_text(text: str) -> str:

@@ -49,8 +49,11 @@ def default_project_name(requirement: str) -> str:
     return words.rstrip(" ,;:.-") + "…"
 
 
-def build_public(build: Build) -> View:
-    public = build.model_dump(exclude=BUILD_PRIVATE_FIELDS)
+def build_public(build: Build, *, with_stages: bool = True) -> View:
+    # Dumping only what is shown: a build's stages are most of the time a project GET spends
+    # turning records into its answer.
+    public = build.model_dump(exclude=BUILD_PRIVATE_FIELDS if with_stages
+                              else BUILD_PRIVATE_FIELDS | {"stages"})
     # Which engine is running the build; null while it is queued, paused, or finished.
     public["instance_id"] = build.owner
     return public
@@ -106,7 +109,7 @@ class ProjectService(TenantScoped):
 
     async def get(self, *, project_id: str) -> View:
         project, build = await self._project_and_build(project_id)
-        latest = {key: value for key, value in build_public(build).items() if key != "stages"}
+        latest = build_public(build, with_stages=False)
         # The project mirrors its latest build, but on DynamoDB the two reads are not one
         # snapshot: the mirrored fields come from the later read, so that a build settled
         # between them (a pause taking hold) never shows a `pausing` project beside its
