@@ -43,7 +43,9 @@ class StatisticsService(TenantScoped):
     async def overview(self) -> dict[str, Any]:
         counters = await self.store.get_counters(tenant_id=self.tenant_id)
         day = today()
-        todays = await self.store.get_daily(tenant_id=self.tenant_id, start=day, end=day)
+        async with self.api_calls.settled:
+            todays = await self.store.get_daily(tenant_id=self.tenant_id, start=day, end=day)
+            api_calls = self.api_calls.pending(self.tenant_id, day)
         counts = todays[0].counts if todays else {}
         succeeded, failed = counters["builds_succeeded"], counters["builds_failed"]
         return {
@@ -58,7 +60,7 @@ class StatisticsService(TenantScoped):
             "success_rate": _success_rate(succeeded, failed),
             "avg_build_time_minutes": _ratio(counters["build_seconds_succeeded"], succeeded, 1 / 60),
             "today_calls": int(counts.get("invocations_total", 0)),
-            "today_api_calls": int(counts.get("api_calls", 0)) + self.api_calls.pending(self.tenant_id, day),
+            "today_api_calls": int(counts.get("api_calls", 0)) + api_calls,
             "total_invocations": int(counters["invocations_total"]),
             "tokens": {**_token_totals(counters, counts, TOKEN_SOURCES),
                        "invocations": _token_totals(counters, counts, ("invocation",)),
@@ -76,14 +78,15 @@ class StatisticsService(TenantScoped):
             raise ValidationFailed("start_date", "must not be after end_date")
         if (end - start).days >= MAX_DAYS:
             raise ValidationFailed("start_date", f"the range may span at most {MAX_DAYS} days")
-        stored = {day.date: day for day in await self.store.get_daily(
-            tenant_id=self.tenant_id, start=start.isoformat(), end=end.isoformat())}
-        days = []
-        for offset in range((end - start).days + 1):
-            key = (start + timedelta(days=offset)).isoformat()
-            day = stored.get(key, Daily(date=key))
-            day.counts["api_calls"] = day.counts.get("api_calls", 0) + self.api_calls.pending(self.tenant_id, key)
-            days.append(day)
+        async with self.api_calls.settled:
+            stored = {day.date: day for day in await self.store.get_daily(
+                tenant_id=self.tenant_id, start=start.isoformat(), end=end.isoformat())}
+            days = []
+            for offset in range((end - start).days + 1):
+                key = (start + timedelta(days=offset)).isoformat()
+                day = stored.get(key, Daily(date=key))
+                day.counts["api_calls"] = day.counts.get("api_calls", 0) + self.api_calls.pending(self.tenant_id, key)
+                days.append(day)
         return days
 
     async def builds(self, *, start_date: date | None, end_date: date | None) -> list[dict[str, Any]]:

@@ -98,3 +98,26 @@ async def test_calls_whose_write_failed_are_counted_once_and_stored_by_the_next_
     await counter.flush()
     assert counter.pending(None, today()) == 0
     assert await figures(store, counter) == {"acme": 2, "globex": 3, None: 5}
+
+
+async def test_a_read_under_settled_waits_for_a_flush_in_progress_and_sees_its_calls_once(
+        store: SlowStore) -> None:
+    """The statistics read the store and add what is pending under `settled`: a flush ending
+    between the two would leave its calls in neither."""
+    counter = ApiCallCounter(store=store, flush_seconds=3600)
+    count(counter, acme=2)
+    store.held_tenant = "acme"
+    flushing = asyncio.create_task(counter.flush())
+    await asyncio.wait_for(store.holding.wait(), timeout=5)
+
+    async def read() -> int:
+        async with counter.settled:
+            return await seen(store, counter, "acme")
+
+    reading = asyncio.create_task(read())
+    await asyncio.sleep(0)
+    assert not reading.done() and counter.settled.locked()
+    store.release.set()
+    await flushing
+    assert await asyncio.wait_for(reading, timeout=5) == 2
+    assert counter.pending("acme", today()) == 0
