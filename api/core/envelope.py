@@ -47,6 +47,11 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+# What a service answers that is not a record as stored: a record reshaped as a route answers
+# it (api.schemas), before it is rendered.
+View = dict[str, Any]
+
+
 def success_body(data: Any) -> dict[str, Any]:
     return {"success": True, "data": data, "timestamp": utc_now(), "request_id": request_id_var.get()}
 

@@ -48,8 +48,9 @@ MAX_RECORD_BYTES = 400 * 1024
 
 
 def check_record_size(record: dict[str, Any]) -> None:
-    """Raise RecordTooLarge for a record (as stored: fields by name) over MAX_RECORD_BYTES, counted as DynamoDB counts an
-    item: each field's name and value, JSON values as their text, numbers as at most 21 bytes."""
+    """Raise RecordTooLarge for a record (as stored: fields by name) over MAX_RECORD_BYTES,
+    counted as DynamoDB counts an item: each field's name and value, JSON values as their
+    text, numbers as at most 21 bytes."""
     refuse_over_limit({name: len(name.encode()) + _value_bytes(value) for name, value in record.items()})
 
 

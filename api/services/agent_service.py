@@ -10,6 +10,7 @@ from api.config import Settings
 from api.core import ids
 from api.core.clock import utc_now
 from api.core.context import bind
+from api.core.envelope import View
 from api.core.errors import InvalidState, InvocationFailed, NotFound
 from api.core.records import AGENT_STAT_FIELDS, Agent, Invocation, Message, Session
 from api.database.store import Page, Store
@@ -29,9 +30,6 @@ HEARTBEAT_SECONDS = 10.0
 # Past the model call's deadline, before a dead process's in-flight slot is free: recording
 # the invocation takes a moment after the call ends.
 SLOT_MARGIN_SECONDS = 30.0
-# A view: a record shaped as a route answers it (api.schemas), before validation.
-View = dict[str, Any]
-
 
 def agent_public(agent: Agent) -> View:
     public = agent.model_dump(exclude=set(AGENT_STAT_FIELDS))
@@ -334,7 +332,7 @@ class AgentService(TenantScoped):
         session = await self._session(session_id)
         return await self.prepare(agent_id=session.agent_id, input_text=content, session_id=session_id)
 
-    async def post_message(self, *, session_id: str, content: str) -> dict[str, Any]:
+    async def post_message(self, *, session_id: str, content: str) -> View:
         turn = await self.prepare_message(session_id=session_id, content=content)
         async for event in self.run(turn):
             if isinstance(event, Turn):

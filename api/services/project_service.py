@@ -4,14 +4,13 @@ The service validates and reads; every change to a build (and creating or deleti
 which starts or ends one) is an operation of the build engine."""
 
 import logging
-from typing import Any
-
-from api.core.clock import utc_now
-from api.core.records import Artifact, Build, Project, Stage
 
 from api.core import ids
+from api.core.clock import utc_now
 from api.core.context import bind
+from api.core.envelope import View
 from api.core.errors import InvalidState, NotFound, ServiceUnavailable
+from api.core.records import Artifact, Build, Project, Stage
 from api.database.store import ACTIVE_BUILD_STATUSES, PROJECT_STATUS_FOR_BUILD, Page, Store
 from api.engine.build_engine import BuildEngine
 from api.engine.stages import STAGE_NAMES
@@ -33,8 +32,6 @@ BUILD_PRIVATE_FIELDS = {"context", "owner", "lease_until"}
 # What a project's stage list shows of each stage (GET /projects/{id}/stages).
 STAGE_SUMMARY_FIELDS = {"name", "order", "weight", "status", "started_at", "completed_at",
                         "duration_seconds", "error"}
-# A view: a record shaped as a route answers it (api.schemas), before validation.
-View = dict[str, Any]
 # As long as a given `project_name` may be.
 MAX_DEFAULT_NAME = 80
 

@@ -12,7 +12,7 @@ from api.database.dynamodb.client import (
     CONTENTION_ATTEMPTS, MAX_TRANSACTION_ITEMS, DynamoDBClient, _back_off, _chunks, _Refused)
 from api.database.dynamodb.codec import (
     AGENT_FIELDS, INVOCATION_FIELDS, MESSAGE_FIELDS, Fields, Item, _attributes, _check_size,
-    _encode, _model, _n, _record, _s, _text)
+    _encode, _model, _n, _record, _record_attributes, _s, _text)
 from api.database.dynamodb.expressions import _Expression, _update_expression
 from api.database.dynamodb.keys import (
     AGENT_SK, BUILD_SK, CLEANUP_PK, PROJECT_SK, SESSION_SK, STATS_SK, _cleanup_sk, _key, _keyable,
@@ -99,7 +99,7 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         its reference in its project and, with `expect_owner`, the check that its build is
         still running or paused under that owner."""
         operation = "put_agent"
-        fields = agent.model_dump()
+        fields = dict(agent)
         scope = _scope(tenant_id)
         agent_id = _part("agent_id", fields["agent_id"])
         project_id = _part("project_id", fields["project_id"])
@@ -319,7 +319,7 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         pk = f"{scope}AGENT#{agent_id}"
         invocation_item = {**_key(pk, "INVOCATION#" + _position(
             invocation.created_at, _part("invocation_id", invocation.invocation_id))),
-            **_attributes({**invocation.model_dump(), "tenant_id": tenant_id}, INVOCATION_FIELDS)}
+            **_record_attributes(invocation, INVOCATION_FIELDS, tenant_id=tenant_id)}
         session_id = messages[0].session_id if messages else None
         if session_id is not None and not _keyable(session_id):
             raise LookupError(f"session {session_id} no longer exists")
@@ -364,8 +364,8 @@ class DynamoDBAgents(DynamoDBClient, AgentStore):
         actions = [self._update(_key(pk, SESSION_SK), expression, update, condition)]
         for offset, message in enumerate(messages, start=1):
             seq = count + offset
-            actions.append(self._put({**_key(pk, f"MESSAGE#{seq:010d}"), **_attributes(
-                {**message.model_dump(), "seq": seq, "tenant_id": tenant_id}, MESSAGE_FIELDS)}))
+            actions.append(self._put({**_key(pk, f"MESSAGE#{seq:010d}"), **_record_attributes(
+                message, MESSAGE_FIELDS, seq=seq, tenant_id=tenant_id)}))
         return actions
 
     async def list_invocations(self, *, tenant_id: str, agent_id: str, limit: int,

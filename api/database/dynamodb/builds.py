@@ -15,7 +15,7 @@ from api.database.dynamodb.client import (
     _chunks, _Refused)
 from api.database.dynamodb.codec import (
     ARTIFACT_FIELDS, ARTIFACT_LISTED_FIELDS, BUILD_FIELDS, LOG_FIELDS, Fields, Item,
-    _attribute_bytes, _attributes, _check_size, _encode, _model, _n, _s, _text)
+    _attribute_bytes, _check_size, _encode, _model, _n, _record_attributes, _s, _text)
 from api.database.dynamodb.expressions import _Expression, _update_expression
 from api.database.dynamodb.keys import (
     ACTIVE_BUILDS, BUILD_REF, BUILD_SK, FAILED_STAGE_PREFIX, LOGS_SK, PROJECT_SK, _key, _keyable,
@@ -43,7 +43,7 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
         build_id = _part("build_id", build.build_id)
         project_id = _part("project_id", build.project_id)
         position = _position(build.created_at, build_id)
-        item = _attributes({**build.model_dump(), "tenant_id": tenant_id}, BUILD_FIELDS)
+        item = _record_attributes(build, BUILD_FIELDS, tenant_id=tenant_id)
         item.update(_key(f"{scope}BUILD#{build_id}", BUILD_SK))
         item.update({"gsi1pk": _s(f"{scope}BUILDS#{project_id}"), "gsi1sk": _s(position),
                      "version": _n(1), "project_user": _s(user_id)})
@@ -302,7 +302,7 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
                 for offset, entry in enumerate(chunk, start=1):
                     stage = _part("stage", entry.stage)
                     actions.append(self._put({**_key(pk, f"LOG#{stage}#{seq + offset:010d}"),
-                                              **_attributes(entry.model_dump(), LOG_FIELDS)}))
+                                              **_record_attributes(entry, LOG_FIELDS)}))
                 try:
                     await self._transact(operation, actions)
                 except _Refused as refused:
@@ -340,7 +340,7 @@ class DynamoDBBuilds(DynamoDBClient, ProjectStore):
         items = []
         for (project_id, path), artifact in latest.items():
             item = {**_key(f"{scope}PROJECT#{project_id}", f"ARTIFACT#{path}"),
-                    **_attributes({**artifact.model_dump(), "tenant_id": tenant_id}, ARTIFACT_FIELDS)}
+                    **_record_attributes(artifact, ARTIFACT_FIELDS, tenant_id=tenant_id)}
             _check_size(item)
             items.append(item)
         builds = {_part("build_id", artifact.build_id) for artifact in latest.values()}

@@ -20,7 +20,7 @@ from pydantic_core import to_json
 
 from api.core.records import (
     AGENT_STAT_FIELDS, FIELD_DEFAULTS, FLOAT_FIELDS, INT_FIELDS, JSON_FIELDS, Agent, Artifact, Build,
-    BuildLogLine, Invocation, Message, Project, Session, field_names)
+    BuildLogLine, Invocation, Message, Project, Session, StoredRecord, field_names)
 from api.core.store_errors import InvalidValue, StoreError
 from api.database.interfaces import R
 from api.database.store import refuse_over_limit
@@ -99,6 +99,12 @@ def _attributes(record: Fields, fields: tuple[str, ...]) -> Item:
         if encoded is not None:
             item[name] = encoded
     return item
+
+
+def _record_attributes(record: StoredRecord, fields: tuple[str, ...], **values: Any) -> Item:
+    """The attributes of a record, `values` (its tenant, say) in place of its own. Its fields
+    are taken as they are, not dumped: a nested record is JSON text, which _encode writes."""
+    return _attributes({**dict(record), **values}, fields)
 
 
 def _s(value: str) -> AttributeValue:

@@ -10,7 +10,7 @@ from api.database.dynamodb.builds import DynamoDBBuilds
 from api.database.dynamodb.client import (
     CONTENTION_ATTEMPTS, MAX_TRANSACTION_ITEMS, _back_off, _Refused)
 from api.core.records import Build, Project
-from api.database.dynamodb.codec import PROJECT_FIELDS, Item, _attributes, _model, _s, _text
+from api.database.dynamodb.codec import PROJECT_FIELDS, Item, _model, _record_attributes, _s, _text
 from api.database.dynamodb.expressions import _Expression
 from api.database.dynamodb.keys import (
     BUILD_REF, BUILD_SK, CLEANUP_PK, PROJECT_SK, _cleanup_sk, _key, _keyable, _part, _position,
@@ -29,7 +29,7 @@ class DynamoDBProjects(DynamoDBBuilds, DynamoDBAgents, ProjectStore):
         project_id = _part("project_id", project.project_id)
         user_id = _part("user_id", project.user_id)
         position = _position(project.created_at, project_id)
-        item = _attributes({**project.model_dump(), "tenant_id": tenant_id}, PROJECT_FIELDS)
+        item = _record_attributes(project, PROJECT_FIELDS, tenant_id=tenant_id)
         item.update(_key(f"{scope}PROJECT#{project_id}", PROJECT_SK))
         item.update({
             "gsi1pk": _s(f"{scope}PROJECTS"), "gsi1sk": _s(position),

@@ -6,7 +6,7 @@ from api.core.store_errors import InvalidCursor, StoreError
 from api.database import cursor
 from api.database.dynamodb.client import DynamoDBClient, _Refused
 from api.database.dynamodb.codec import (
-    SESSION_FIELDS, Item, _attributes, _model, _s)
+    SESSION_FIELDS, Item, _model, _record_attributes, _s)
 from api.database.dynamodb.expressions import _Expression
 from api.database.dynamodb.keys import (
     AGENT_SK, CLEANUP_PK, SESSION_SK, _cleanup_sk, _key, _keyable, _part, _position, _scope)
@@ -27,7 +27,7 @@ class DynamoDBSessions(DynamoDBClient, SessionStore):
         scope = _scope(tenant_id)
         session_id = _part("session_id", session.session_id)
         item = {**_key(f"{scope}SESSION#{session_id}", SESSION_SK),
-                **_attributes({**session.model_dump(), "tenant_id": tenant_id}, SESSION_FIELDS),
+                **_record_attributes(session, SESSION_FIELDS, tenant_id=tenant_id),
                 "gsi1pk": _s(f"{scope}SESSIONS#{agent_id}"),
                 "gsi1sk": _s(_position(session.last_active_at, session_id))}
         expression = _Expression()

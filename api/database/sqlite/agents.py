@@ -3,6 +3,7 @@
 import sqlite3
 from typing import Any
 
+from api.core.records import AGENT_STAT_FIELDS, Agent, Invocation, Message
 from api.database.sqlite.connection import (
     SQLiteConnection,
     bump,
@@ -12,7 +13,6 @@ from api.database.sqlite.connection import (
     to_record,
     update,
 )
-from api.core.records import AGENT_STAT_FIELDS, Agent, Invocation, Message
 from api.database.store import (
     HELD_BUILD_STATUSES,
     Changes,
@@ -64,8 +64,8 @@ class SQLiteAgents(SQLiteConnection):
                 return False  # the id (its project's) is another tenant's
             else:
                 adjust_agent_count(conn, tenant_id, existing["status"], -1)
-                changes = dict(agent.model_dump(exclude={"agent_id", "created_at", "tenant_id",
-                                                         *AGENT_STAT_FIELDS}))
+                changes = agent.model_dump(exclude={"agent_id", "created_at", "tenant_id",
+                                                    *AGENT_STAT_FIELDS})
                 update(conn, "agents", ("agent_id", agent.agent_id), existing, changes)
                 created_at = existing["created_at"]
             adjust_agent_count(conn, tenant_id, agent.status, 1)

@@ -33,7 +33,7 @@ def _count_finished_build(conn: sqlite3.Connection, build: Build) -> None:
     status, tenant_id = build.status, build.tenant_id
     bump(conn, tenant_id, "builds_active", -1)
     bump(conn, tenant_id, f"builds_{status}", 1)
-    finished_at = build.finished_at or ""
+    finished_at = build.finished_at or build.updated_at
     for name, tokens in build_token_deltas(build).items():
         if tokens:
             bump(conn, tenant_id, name, tokens)
